@@ -1,0 +1,1 @@
+"""chatsession's benchmarks: ``python -m bench`` runs them all and prints medians."""

@@ -1,0 +1,60 @@
+"""chatsession: chat sessions for LLM applications, archived as YAML when they end."""
+
+from chatsession._exceptions import (
+    ChatSessionError,
+    ConfigError,
+    CorruptDialogError,
+    DialogNotFound,
+    InvalidUserId,
+    ModelError,
+    ModelOutputError,
+    ModelTimeoutError,
+    ServerClosedError,
+    SessionError,
+    StorageError,
+    StorageFullError,
+)
+from chatsession.chatserver import ChatServer
+from chatsession.domain import (
+    ArchiveSummary,
+    Chunk,
+    Dialog,
+    Message,
+    Reasoning,
+    SessionEvent,
+    SessionInfo,
+)
+from chatsession.models.base import ChatModel
+from chatsession.sessions import Connection
+from chatsession.settings import Settings
+from chatsession.storage.base import DialogStore
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArchiveSummary",
+    "ChatModel",
+    "ChatServer",
+    "ChatSessionError",
+    "Chunk",
+    "ConfigError",
+    "Connection",
+    "CorruptDialogError",
+    "Dialog",
+    "DialogNotFound",
+    "DialogStore",
+    "InvalidUserId",
+    "Message",
+    "ModelError",
+    "ModelOutputError",
+    "ModelTimeoutError",
+    "Reasoning",
+    "ServerClosedError",
+    "SessionError",
+    "SessionEvent",
+    "SessionInfo",
+    "Settings",
+    "StorageError",
+    "StorageFullError",
+    "__version__",
+]

@@ -1,0 +1,94 @@
+"""The exceptions chatsession raises.
+
+Every error the library raises derives from `ChatSessionError`, and errors from the file
+system, YAML or a model SDK are translated at the boundary (``raise ... from exc``), so a
+caller never has to catch another library's exceptions::
+
+    ChatSessionError
+    ├── ConfigError              a setting has a value it cannot accept
+    ├── InvalidUserId            a user id that cannot name a directory safely
+    ├── SessionError
+    │   └── ServerClosedError    the ChatServer is not running (not entered, or closed)
+    ├── StorageError             reading or writing a dialog failed
+    │   ├── CorruptDialogError   a dialog file does not parse; names the file
+    │   ├── DialogNotFound       no archive with that id
+    │   └── StorageFullError     the disk is full (or a file size limit was hit)
+    └── ModelError               the chat model failed
+        ├── ModelOutputError     the reply is not what was asked for (JSON that does not parse)
+        └── ModelTimeoutError    the chat model did not answer in time
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = [
+    "ChatSessionError",
+    "ConfigError",
+    "CorruptDialogError",
+    "DialogNotFound",
+    "InvalidUserId",
+    "ModelError",
+    "ModelOutputError",
+    "ModelTimeoutError",
+    "ServerClosedError",
+    "SessionError",
+    "StorageError",
+    "StorageFullError",
+]
+
+
+class ChatSessionError(Exception):
+    """The root of every error chatsession raises."""
+
+
+class ConfigError(ChatSessionError):
+    """A setting has a value it cannot accept; the message names the setting."""
+
+
+class InvalidUserId(ChatSessionError, ValueError):
+    """A user id that is empty, too long, or holds control characters."""
+
+
+class SessionError(ChatSessionError):
+    """A session operation that cannot be carried out."""
+
+
+class ServerClosedError(SessionError, RuntimeError):
+    """The ChatServer is not running: it was never entered, or it has been closed."""
+
+
+class StorageError(ChatSessionError):
+    """Reading or writing a dialog failed."""
+
+
+class CorruptDialogError(StorageError):
+    """A dialog file exists but is not a dialog chatsession can read."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class DialogNotFound(StorageError, LookupError):
+    """No archived dialog has the requested id."""
+
+
+class StorageFullError(StorageError):
+    """The disk is full, or a file size limit was reached; nothing partial was kept."""
+
+
+class ModelError(ChatSessionError):
+    """The chat model failed to produce a reply."""
+
+
+class ModelOutputError(ModelError):
+    """The model's whole reply is not what was asked for, such as JSON that does not parse.
+
+    The reply is stored all the same, with the reason in its ``error`` field.
+    """
+
+
+class ModelTimeoutError(ModelError):
+    """The chat model did not answer in time."""

@@ -1,0 +1,103 @@
+"""The ``chatsession`` command: read users' archived dialogs.
+
+::
+
+    chatsession dialogs USER              list USER's archives
+    chatsession show USER ARCHIVE_ID      print one archive as YAML
+
+Both read ``--data-dir`` (default: ``DATA_DIR``, else ``data``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from chatsession._exceptions import ChatSessionError
+from chatsession.domain import ArchiveSummary
+from chatsession.storage._yaml_format import dump_dialog
+from chatsession.storage.files import YamlDialogStore
+
+__all__ = ["main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chatsession", description="Chat sessions archived as YAML when they end."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    dialogs = commands.add_parser("dialogs", help="list a user's archived dialogs")
+    dialogs.add_argument("user", help="the user id")
+    _add_data_dir(dialogs)
+    dialogs.set_defaults(run=_list_dialogs)
+
+    show = commands.add_parser("show", help="print one archived dialog")
+    show.add_argument("user", help="the user id")
+    show.add_argument("archive_id", help="the archive id, such as 2024-01-15-10-30-00")
+    _add_data_dir(show)
+    show.set_defaults(run=_show_dialog)
+    return parser
+
+
+def _add_data_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("DATA_DIR") or "data"),
+        help="where dialogs live (default: $DATA_DIR, else ./data)",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except ChatSessionError as exc:
+        print(f"chatsession: {exc}", file=sys.stderr)
+        return 1
+    return code
+
+
+def _list_dialogs(args: argparse.Namespace) -> int:
+    store = YamlDialogStore(args.data_dir)
+    archives = asyncio.run(store.list_archives(args.user))
+    if not archives:
+        print(f"no archived dialogs for {args.user!r} in {args.data_dir}")
+        return 0
+    print(_format_table(archives))
+    return 0
+
+
+def _format_table(archives: Sequence[ArchiveSummary]) -> str:
+    rows = [("ARCHIVE", "STARTED", "ENDED", "MESSAGES", "REASON")]
+    for archive in archives:
+        rows.append(
+            (
+                archive.archive_id,
+                archive.started_at.strftime("%Y-%m-%d %H:%M:%S"),
+                archive.ended_at.strftime("%Y-%m-%d %H:%M:%S") if archive.ended_at else "-",
+                str(archive.message_count),
+                archive.end_reason or "-",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def _show_dialog(args: argparse.Namespace) -> int:
+    store = YamlDialogStore(args.data_dir)
+    dialog = asyncio.run(store.load_archive(args.user, args.archive_id))
+    sys.stdout.write(dump_dialog(dialog))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,170 @@
+"""Configuration: one typed object, read from the environment with the guide's names.
+
+=============================  =========================================  ==============
+variable                       meaning                                    default
+=============================  =========================================  ==============
+``DATA_DIR``                   where dialogs live                         ``data``
+``SESSION_TIMEOUT``            inactivity before a session ends, in ms    ``300000``
+``SESSION_CHECK_INTERVAL``     how often idle sessions are swept, in ms   ``30000``
+``AUTO_ARCHIVE_ON_DISCONNECT`` end a session when its last connection     ``true``
+                               closes
+``DISCONNECT_GRACE``           seconds a reconnect may take to keep the   ``0``
+                               session after the last connection closed
+``SHUTDOWN_GRACE``             seconds shutdown waits for replies in      ``10``
+                               flight before cancelling them
+``DURABILITY``                 ``always``, ``batch`` or ``never``         ``batch``
+``FSYNC_INTERVAL``             ms between flushes under ``batch``         ``200``
+``CHAT_MODEL``                 the chat model (``echo``)                  ``echo``
+``DEBUG``                      ``session:*`` turns on session debug logs  empty
+=============================  =========================================  ==============
+
+Durability decides when a stored message reaches the disk, not whether it is written:
+
+- ``always``: every message is fsynced before the call that stores it returns, so a
+  user's message is on disk before ``chat_with_history`` yields its first chunk.
+- ``batch``: messages are written at once and fsynced every ``FSYNC_INTERVAL`` ms; a power
+  loss may lose that last interval, a process crash loses nothing.
+- ``never``: the operating system decides when to write back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+from chatsession._exceptions import ConfigError
+from chatsession._types import DURABILITY_MODES, Durability
+
+__all__ = ["Settings"]
+
+_TRUE = frozenset(("1", "true", "yes", "on"))
+_FALSE = frozenset(("0", "false", "no", "off", ""))
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything chatsession can be told; durations in seconds.
+
+    Construct it directly (``Settings(data_dir="data")``) or from the environment with
+    `Settings.from_env`. An unacceptable value raises `ConfigError` naming the setting.
+    """
+
+    data_dir: Path = Path("data")
+    session_timeout: float = 300.0
+    session_check_interval: float = 30.0
+    auto_archive_on_disconnect: bool = True
+    disconnect_grace: float = 0.0
+    shutdown_grace: float = 10.0
+    durability: Durability = "batch"
+    fsync_interval: float = 0.2
+    chat_model: str = "echo"
+    debug: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_dir", Path(self.data_dir))
+        for name in ("session_timeout", "session_check_interval", "fsync_interval"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be greater than 0, got {getattr(self, name)!r}")
+        for name in ("disconnect_grace", "shutdown_grace"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{name} must be 0 or more, got {getattr(self, name)!r}")
+        if self.durability not in DURABILITY_MODES:
+            raise ConfigError(
+                f"durability must be one of {', '.join(DURABILITY_MODES)}, got {self.durability!r}"
+            )
+        if not self.chat_model:
+            raise ConfigError("chat_model must name a model, such as 'echo'")
+
+    @property
+    def session_debug(self) -> bool:
+        """Whether ``DEBUG`` asks for session debug logs (``session:*``, ``*``)."""
+        patterns = (p.strip() for p in self.debug.replace(",", " ").split())
+        return any(p in ("*", "session:*", "session") for p in patterns)
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some settings changed."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read settings from environment variables (``os.environ`` by default).
+
+        Raises:
+            ConfigError: a variable has a value it cannot accept; the message names the
+                variable and what it accepts.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for variable, (field_name, parse) in _ENVIRONMENT.items():
+            raw = env.get(variable)
+            if raw is None:
+                continue
+            try:
+                values[field_name] = parse(raw.strip())
+            except ValueError as exc:
+                raise ConfigError(f"{variable}={raw!r} is not accepted: {exc}") from None
+        values.update(overrides)
+        try:
+            return cls(**values)
+        except ConfigError as exc:
+            raise ConfigError(f"invalid configuration: {exc}") from None
+
+
+def _milliseconds(raw: str) -> float:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError("expected a whole number of milliseconds, such as 300000") from None
+    if value <= 0:
+        raise ValueError("expected a number of milliseconds greater than 0")
+    return value / 1000
+
+
+def _seconds(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("expected a number of seconds, such as 5 or 0.5") from None
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("expected a finite number of seconds, 0 or more")
+    return value
+
+
+def _boolean(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError("expected true or false (also 1/0, yes/no, on/off)")
+
+
+def _durability(raw: str) -> Durability:
+    lowered = raw.lower()
+    if lowered not in DURABILITY_MODES:
+        raise ValueError(f"expected one of {', '.join(DURABILITY_MODES)}")
+    return cast(Durability, lowered)
+
+
+def _nonempty(raw: str) -> str:
+    if not raw:
+        raise ValueError("expected a non-empty value")
+    return raw
+
+
+_ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "DATA_DIR": ("data_dir", lambda raw: Path(_nonempty(raw))),
+    "SESSION_TIMEOUT": ("session_timeout", _milliseconds),
+    "SESSION_CHECK_INTERVAL": ("session_check_interval", _milliseconds),
+    "AUTO_ARCHIVE_ON_DISCONNECT": ("auto_archive_on_disconnect", _boolean),
+    "DISCONNECT_GRACE": ("disconnect_grace", _seconds),
+    "SHUTDOWN_GRACE": ("shutdown_grace", _seconds),
+    "DURABILITY": ("durability", _durability),
+    "FSYNC_INTERVAL": ("fsync_interval", _milliseconds),
+    "CHAT_MODEL": ("chat_model", _nonempty),
+    "DEBUG": ("debug", str),
+}

@@ -1,0 +1,68 @@
+"""The `DialogStore` contract every storage backend follows."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Protocol
+
+from chatsession._types import EndReason
+from chatsession.domain import ArchiveSummary, Dialog, Message
+
+__all__ = ["DialogStore"]
+
+
+class DialogStore(Protocol):
+    """Where dialogs live: each user's current dialog and their archives.
+
+    Calls for one user are never made concurrently (the session manager serializes them);
+    calls for different users may be. Cancelling a write does not undo it: a write that
+    has begun completes (or fails) before the cancellation is raised. Every method raises
+    only `StorageError` subclasses (or `InvalidUserId`).
+    """
+
+    async def append(
+        self,
+        user_id: str,
+        session_id: str,
+        started_at: datetime,
+        message: Message,
+        *,
+        first: bool = False,
+    ) -> None:
+        """Append ``message`` to the user's current dialog.
+
+        ``first`` marks a session's first message: the dialog is created then, and a
+        dialog that an earlier session left behind is archived (``recovered``) first.
+        """
+
+    async def load_current(self, user_id: str) -> Dialog | None:
+        """The user's current dialog, or None if there is none."""
+
+    async def archive_current(
+        self, user_id: str, *, ended_at: datetime, reason: EndReason
+    ) -> str | None:
+        """Move the current dialog to the archive; return its id, or None if it was empty.
+
+        Afterwards the user has no current dialog. An existing archive is never overwritten.
+        """
+
+    async def list_archives(self, user_id: str) -> list[ArchiveSummary]:
+        """The user's archives, oldest first."""
+
+    async def load_archive(self, user_id: str, archive_id: str) -> Dialog:
+        """One archived dialog; `DialogNotFound` if there is no such archive."""
+
+    async def delete_archive(self, user_id: str, archive_id: str) -> None:
+        """Delete one archive; `DialogNotFound` if there is no such archive."""
+
+    async def users_with_current(self) -> list[str]:
+        """Users that have a current dialog: at startup, those left by a previous run."""
+
+    async def recover_current(self, user_id: str, *, ended_at: datetime) -> str | None:
+        """Archive a current dialog left by a previous run with reason ``recovered``."""
+
+    async def flush(self) -> None:
+        """Make every write so far durable (a no-op where writes already are)."""
+
+    async def aclose(self) -> None:
+        """Flush and release resources. Idempotent."""

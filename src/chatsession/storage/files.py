@@ -1,0 +1,421 @@
+"""The default store: one directory of YAML files per user.
+
+::
+
+    {data_dir}/users/{user}/dialogs/
+    ├── current.yaml                 the active conversation, gone once archived
+    └── archived/
+        └── 2024-01-15-10-30-00.yaml UTC time of archival; a clash gets -1, -2, ...
+
+How it keeps its promises:
+
+- *Appending costs the same at any length.* ``current.yaml`` is created with its header
+  and first message by writing a temporary file and renaming it into place; every later
+  message is one ``O_APPEND`` write of one record (see `_yaml_format`).
+- *A failed write leaves nothing behind.* A short or failed append is truncated back to
+  the previous length, and a full disk raises `StorageFullError`.
+- *Archiving is atomic and never overwrites.* The end-of-session lines are appended, the
+  file is hard-linked under its archive name (``link`` fails rather than replace an
+  existing file) and ``current.yaml`` is unlinked. A crash between the two leaves a
+  ``current.yaml`` with two links, which recovery recognises and simply unlinks.
+- *Durability* follows `Settings.durability`: ``always`` fsyncs the file (and, when a
+  name was added, its directory) before a call returns, ``batch`` leaves that to `flush`,
+  which the server calls every ``FSYNC_INTERVAL``, and ``never`` leaves it to the system.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TypeVar
+
+from chatsession._exceptions import (
+    CorruptDialogError,
+    DialogNotFound,
+    StorageError,
+    StorageFullError,
+)
+from chatsession._types import Durability, EndReason
+from chatsession.domain import ArchiveSummary, Dialog, Message
+from chatsession.storage import _yaml_format as fmt
+from chatsession.storage._paths import directory_name, user_id_from_directory
+
+__all__ = ["YamlDialogStore"]
+
+logger = logging.getLogger("chatsession.storage")
+
+T = TypeVar("T")
+
+CURRENT = "current.yaml"
+ARCHIVED = "archived"
+_ARCHIVE_ID = re.compile(r"\d{4}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2}(-\d{1,6})?")
+_FULL_DISK = frozenset((errno.ENOSPC, errno.EDQUOT, errno.EFBIG))
+# Past this many files waiting for a batched fsync, one sync() of everything is cheaper.
+_SYNC_ALL_THRESHOLD = 256
+
+
+class YamlDialogStore:
+    """Dialogs as YAML files under ``data_dir``; see the module docstring for the layout."""
+
+    def __init__(self, data_dir: Path | str, durability: Durability = "batch") -> None:
+        self.root = Path(data_dir)
+        self.durability = durability
+        self._unsynced: set[str] = set()  # files and directories waiting for a batched fsync
+        self._closed = False
+
+    def dialogs_dir(self, user_id: str) -> Path:
+        """The directory holding one user's dialogs (validates the user id)."""
+        return self.root / "users" / directory_name(user_id) / "dialogs"
+
+    # -- writing ----------------------------------------------------------------------
+
+    async def append(
+        self,
+        user_id: str,
+        session_id: str,
+        started_at: datetime,
+        message: Message,
+        *,
+        first: bool = False,
+    ) -> None:
+        directory = self.dialogs_dir(user_id)
+        record = fmt.dump_message(message).encode("utf-8")
+        if first:
+            header = fmt.dump_header(user_id, session_id, started_at).encode("utf-8")
+            await self._run(lambda: self._create(directory, header + record))
+        else:
+            await self._run(lambda: self._append(directory, record))
+
+    async def archive_current(
+        self, user_id: str, *, ended_at: datetime, reason: EndReason
+    ) -> str | None:
+        directory = self.dialogs_dir(user_id)
+        trailer = fmt.dump_trailer(ended_at, reason).encode("utf-8")
+        return await self._run(lambda: self._archive(directory, ended_at, trailer))
+
+    async def delete_archive(self, user_id: str, archive_id: str) -> None:
+        path = self._archive_path(user_id, archive_id)
+        try:
+            await asyncio.to_thread(path.unlink)
+        except FileNotFoundError:
+            raise DialogNotFound(f"user {user_id!r} has no archive {archive_id!r}") from None
+        except OSError as exc:
+            raise StorageError(f"cannot delete {path}: {exc.strerror}") from exc
+
+    async def flush(self) -> None:
+        if not self._unsynced:
+            return
+        paths, self._unsynced = self._unsynced, set()
+        await asyncio.to_thread(_sync_paths, paths)
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self.flush()
+
+    async def _run(self, operation: Callable[[], T]) -> T:
+        # Under ``always`` each call waits for fsync, so it runs in a thread; otherwise it is
+        # a few small writes to the page cache, cheaper inline than a thread hop.
+        if self.durability != "always":
+            return operation()
+        future = asyncio.ensure_future(asyncio.to_thread(operation))
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            # The thread cannot be stopped: let the write finish, so that the caller knows
+            # it happened, then pass the cancellation on.
+            await asyncio.wait([future])
+            raise
+
+    def _append(self, directory: Path, record: bytes) -> None:
+        path = directory / CURRENT
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        except OSError as exc:
+            raise _storage_error(exc, path) from exc
+        try:
+            self._append_to(fd, path, record)
+        finally:
+            os.close(fd)
+
+    def _append_to(self, fd: int, path: Path, data: bytes) -> int:
+        """Append ``data`` whole or not at all; return the length before it."""
+        length = os.fstat(fd).st_size
+        try:
+            _write_all(fd, data)
+        except OSError as exc:
+            os.ftruncate(fd, length)  # never leave a partial record behind
+            raise _storage_error(exc, path) from exc
+        self._synced(fd, path)
+        return length
+
+    def _create(self, directory: Path, content: bytes) -> None:
+        """Start a session's dialog; a dialog left by an earlier session is archived first."""
+        path = directory / CURRENT
+        temporary = directory / (CURRENT + ".new")
+        try:
+            (directory / ARCHIVED).mkdir(parents=True, exist_ok=True)
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                _write_all(fd, content)
+                if self.durability == "always":
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            # link, unlike rename, refuses to replace a dialog an earlier session left.
+            while not _link_if_absent(temporary, path):
+                self._set_aside_leftover(directory)
+            temporary.unlink()
+        except OSError as exc:
+            temporary.unlink(missing_ok=True)
+            raise _storage_error(exc, path) from exc
+        if self.durability == "batch":
+            self._unsynced.add(str(path))
+        self._directory_changed(directory)
+
+    def _set_aside_leftover(self, directory: Path) -> None:
+        now = datetime.now(UTC)
+        try:
+            archive_id = self._recover(directory, now)
+        except CorruptDialogError as exc:
+            corrupt = directory / f"corrupt-{now.strftime('%Y-%m-%d-%H-%M-%S-%f')}.yaml"
+            os.rename(directory / CURRENT, corrupt)
+            logger.error("%s; set aside as %s so the user can go on", exc, corrupt)
+            return
+        logger.warning("archived a dialog left by an earlier session as %s", archive_id)
+
+    def _archive(self, directory: Path, ended_at: datetime, trailer: bytes) -> str | None:
+        path = directory / CURRENT
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise _storage_error(exc, path) from exc
+        try:
+            length = self._append_to(fd, path, trailer)
+            try:
+                return self._move_to_archive(directory, ended_at)
+            except StorageError:
+                os.ftruncate(fd, length)  # still current: later messages must follow its list
+                raise
+        finally:
+            os.close(fd)
+
+    def _move_to_archive(self, directory: Path, ended_at: datetime) -> str:
+        """Link ``current.yaml`` under a fresh archive name, then unlink it."""
+        path = directory / CURRENT
+        archived = directory / ARCHIVED
+        archive_id = _link_unique(path, archived, ended_at.strftime("%Y-%m-%d-%H-%M-%S"))
+        if self.durability == "batch" and str(path) in self._unsynced:
+            # The data still waits for its fsync; reach it by its new name.
+            self._unsynced.discard(str(path))
+            self._unsynced.add(str(archived / f"{archive_id}.yaml"))
+        try:
+            path.unlink()
+        except OSError as exc:
+            raise _storage_error(exc, path) from exc
+        self._directory_changed(directory / ARCHIVED)
+        self._directory_changed(directory)
+        return archive_id
+
+    def _synced(self, fd: int, path: Path) -> None:
+        if self.durability == "always":
+            os.fsync(fd)
+        elif self.durability == "batch":
+            self._unsynced.add(str(path))
+
+    def _directory_changed(self, directory: Path) -> None:
+        if self.durability == "always":
+            _fsync_directory(directory)
+        elif self.durability == "batch":
+            self._unsynced.add(str(directory))
+
+    # -- reading ----------------------------------------------------------------------
+
+    async def load_current(self, user_id: str) -> Dialog | None:
+        path = self.dialogs_dir(user_id) / CURRENT
+        try:
+            return await asyncio.to_thread(_load, path)
+        except FileNotFoundError:
+            return None
+
+    async def list_archives(self, user_id: str) -> list[ArchiveSummary]:
+        directory = self.dialogs_dir(user_id) / ARCHIVED
+        return await asyncio.to_thread(_summaries, directory)
+
+    async def load_archive(self, user_id: str, archive_id: str) -> Dialog:
+        path = self._archive_path(user_id, archive_id)
+        try:
+            return await asyncio.to_thread(_load, path)
+        except FileNotFoundError:
+            raise DialogNotFound(f"user {user_id!r} has no archive {archive_id!r}") from None
+
+    async def users_with_current(self) -> list[str]:
+        return await asyncio.to_thread(self._users_with_current)
+
+    def _users_with_current(self) -> list[str]:
+        users: list[str] = []
+        try:
+            entries = list(os.scandir(self.root / "users"))
+        except FileNotFoundError:
+            return users
+        for entry in entries:
+            user_id = user_id_from_directory(entry.name)
+            if user_id is not None and os.path.exists(os.path.join(entry.path, "dialogs", CURRENT)):
+                users.append(user_id)
+        return users
+
+    def _archive_path(self, user_id: str, archive_id: str) -> Path:
+        if not _ARCHIVE_ID.fullmatch(archive_id):
+            raise DialogNotFound(f"{archive_id!r} is not an archive id (2024-01-15-10-30-00)")
+        return self.dialogs_dir(user_id) / ARCHIVED / f"{archive_id}.yaml"
+
+    # -- recovery ---------------------------------------------------------------------
+
+    async def recover_current(self, user_id: str, *, ended_at: datetime) -> str | None:
+        """Archive a current dialog left by a previous run, with reason ``recovered``.
+
+        A torn last message is dropped; a file that was already linked into the archive
+        when the previous run stopped is only unlinked; an empty one is removed. A file that
+        does not parse is left in place and `CorruptDialogError` is raised.
+        """
+        directory = self.dialogs_dir(user_id)
+        return await asyncio.to_thread(self._recover, directory, ended_at)
+
+    def _recover(self, directory: Path, ended_at: datetime) -> str | None:
+        path = directory / CURRENT
+        (directory / (CURRENT + ".tmp")).unlink(missing_ok=True)
+        try:
+            if os.stat(path).st_nlink > 1:  # archived already; the unlink did not happen
+                path.unlink()
+                return None
+            dialog = _load(path)
+        except FileNotFoundError:
+            return None
+        if not dialog.messages:
+            path.unlink()
+            return None
+        if dialog.ended_at is None:
+            dialog.ended_at, dialog.end_reason = ended_at, "recovered"
+        # Rewritten whole rather than appended to, so a torn tail does not reach the archive.
+        temporary = directory / (CURRENT + ".tmp")
+        try:
+            temporary.write_text(fmt.dump_dialog(dialog), encoding="utf-8")
+            with open(temporary, "rb") as file:
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+        except OSError as exc:
+            temporary.unlink(missing_ok=True)
+            raise _storage_error(exc, path) from exc
+        (directory / ARCHIVED).mkdir(parents=True, exist_ok=True)
+        archive_id = self._move_to_archive(directory, dialog.ended_at)
+        _fsync_directory(directory / ARCHIVED)
+        return archive_id
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _link_if_absent(source: Path, target: Path) -> bool:
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        return False
+    return True
+
+
+def _link_unique(source: Path, directory: Path, base: str) -> str:
+    archive_id = base
+    for attempt in range(1, 1_000_000):
+        try:
+            os.link(source, directory / f"{archive_id}.yaml")
+            return archive_id
+        except FileExistsError:
+            archive_id = f"{base}-{attempt}"
+        except OSError as exc:
+            raise _storage_error(exc, directory) from exc
+    raise StorageError(f"{directory}: no free archive name for {base}")
+
+
+def _load(path: Path) -> Dialog:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise CorruptDialogError(path, "not UTF-8 text") from exc
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise _storage_error(exc, path) from exc
+    return fmt.parse_dialog(text, path)
+
+
+def _summaries(directory: Path) -> list[ArchiveSummary]:
+    try:
+        names = sorted(name for name in os.listdir(directory) if name.endswith(".yaml"))
+    except FileNotFoundError:
+        return []
+    summaries: list[ArchiveSummary] = []
+    for name in names:
+        archive_id = name.removesuffix(".yaml")
+        if not _ARCHIVE_ID.fullmatch(archive_id):
+            continue
+        try:
+            dialog = _load(directory / name)
+        except CorruptDialogError as exc:
+            logger.error("skipping unreadable archive %s", exc)
+            continue
+        except FileNotFoundError:
+            continue  # deleted while listing
+        summaries.append(
+            ArchiveSummary(
+                archive_id=archive_id,
+                session_id=dialog.session_id,
+                started_at=dialog.started_at,
+                ended_at=dialog.ended_at,
+                end_reason=dialog.end_reason,
+                message_count=len(dialog.messages),
+            )
+        )
+    return summaries
+
+
+def _sync_paths(paths: set[str]) -> None:
+    if len(paths) > _SYNC_ALL_THRESHOLD:
+        os.sync()
+        return
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue  # archived or deleted since; its new name was recorded too
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            logger.error("fsync of %s failed: %s", path, exc.strerror)
+        finally:
+            os.close(fd)
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _storage_error(exc: OSError, path: Path) -> StorageError:
+    if exc.errno in _FULL_DISK:
+        return StorageFullError(f"{path}: the disk is full ({exc.strerror}); nothing was stored")
+    return StorageError(f"{path}: {exc.strerror or exc}")

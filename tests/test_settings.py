@@ -1,0 +1,77 @@
+"""Settings: the guide's variable names and units, and bad values named at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from chatsession import ConfigError, Settings
+
+
+def test_defaults_match_the_guide() -> None:
+    """Five minutes of inactivity, checked every 30 s, archive on disconnect."""
+    settings = Settings()
+    assert settings.session_timeout == 300
+    assert settings.session_check_interval == 30
+    assert settings.auto_archive_on_disconnect is True
+    assert settings.data_dir == Path("data")
+    assert settings.durability == "batch"
+
+
+def test_environment_uses_milliseconds_for_the_guides_names() -> None:
+    """SESSION_TIMEOUT and SESSION_CHECK_INTERVAL are in milliseconds."""
+    settings = Settings.from_env(
+        {
+            "SESSION_TIMEOUT": "60000",
+            "SESSION_CHECK_INTERVAL": "500",
+            "AUTO_ARCHIVE_ON_DISCONNECT": "false",
+            "DATA_DIR": "/tmp/x",
+            "DISCONNECT_GRACE": "2.5",
+            "DURABILITY": "ALWAYS",
+            "DEBUG": "session:*",
+        }
+    )
+    assert settings.session_timeout == 60
+    assert settings.session_check_interval == 0.5
+    assert settings.auto_archive_on_disconnect is False
+    assert settings.data_dir == Path("/tmp/x")
+    assert settings.disconnect_grace == 2.5
+    assert settings.durability == "always"
+    assert settings.session_debug
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("SESSION_TIMEOUT", "5min", "SESSION_TIMEOUT='5min' is not accepted: expected a whole"),
+        ("SESSION_TIMEOUT", "0", "greater than 0"),
+        ("SESSION_CHECK_INTERVAL", "-1", "SESSION_CHECK_INTERVAL"),
+        ("AUTO_ARCHIVE_ON_DISCONNECT", "maybe", "expected true or false"),
+        ("DURABILITY", "sometimes", "expected one of always, batch, never"),
+        ("DISCONNECT_GRACE", "soon", "DISCONNECT_GRACE='soon'"),
+        ("DISCONNECT_GRACE", "nan", "finite number of seconds"),
+        ("CHAT_MODEL", "", "CHAT_MODEL"),
+    ],
+)
+def test_a_bad_value_names_the_variable_and_what_it_accepts(
+    variable: str, value: str, expected: str
+) -> None:
+    """A bad value fails at start, naming the variable and what it accepts."""
+    with pytest.raises(ConfigError, match=expected.replace("(", r"\(").replace("*", r"\*")):
+        Settings.from_env({variable: value})
+
+
+def test_direct_construction_is_validated() -> None:
+    """Settings(...) refuses nonsense too."""
+    with pytest.raises(ConfigError, match="session_timeout"):
+        Settings(session_timeout=0)
+    with pytest.raises(ConfigError, match="durability"):
+        Settings(durability="sometimes")  # type: ignore[arg-type]
+
+
+def test_debug_patterns() -> None:
+    """DEBUG follows the debug module's syntax: session:*, *, comma separated."""
+    assert Settings(debug="http,session:*").session_debug
+    assert Settings(debug="*").session_debug
+    assert not Settings(debug="http:*").session_debug
