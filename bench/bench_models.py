@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from chatsession import ChatServer, Settings
-from chatsession.models.local import LocalModel, bundled_weights
+from chatsession.models.local import LocalModel, bundled_weights, use_passive_threads
 from chatsession.storage import MemoryDialogStore
 
 PROMPTS = [
@@ -89,6 +89,7 @@ async def chatsession_run(chat: ChatServer, user: str, prompt: str) -> Run:
 
 
 async def overhead(gguf: Path, rounds: int, max_tokens: int, threads: int) -> dict[str, Any]:
+    use_passive_threads()  # as LocalModel does, before llama.cpp loads: the same threads
     from llama_cpp import Llama
 
     seed = 1234

@@ -69,6 +69,9 @@ def llama_server(gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             ],
             stdout=output,
             stderr=subprocess.STDOUT,
+            # Threads that sleep while they wait, as the local model's: spinning ones slow
+            # everything else on a small machine to a crawl.
+            env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"},
         )
     url = f"http://127.0.0.1:{port}/v1"
     try:

@@ -16,6 +16,7 @@ from chatsession.models.openai import OpenAIModel
 from tests.models.conftest import SERVER_CONTEXT
 
 HELLO = [Message("user", "What is the capital of France?")]
+STORY = [Message("user", "Write a long story about a dragon who learns to bake bread.")]
 CAPITAL_AS_JSON = 'Give the capital of France as JSON: {"capital": ...}'
 
 
@@ -65,9 +66,9 @@ async def test_json_output_gets_a_json_object(llama_server: str) -> None:
 
 async def test_closing_the_stream_frees_the_server(llama_server: str) -> None:
     """A caller that leaves closes the stream; the server stops and serves the next at once."""
-    model = served(llama_server, max_tokens=400)
+    model = served(llama_server, max_tokens=450)
     try:
-        stream = model.stream(HELLO, json_output=False, reasoning_enabled=False)
+        stream = model.stream(STORY, json_output=False, reasoning_enabled=False)
         assert isinstance(stream, AsyncIterator)
         await anext(stream)
         await stream.aclose()  # type: ignore[attr-defined]  # an async generator
@@ -77,7 +78,8 @@ async def test_closing_the_stream_frees_the_server(llama_server: str) -> None:
             assert await collect(short)
         finally:
             await short.aclose()
-        # 400 tokens take seconds on two cores; a stopped generation lets this through fast.
+        # The server serves one request at a time: had it gone on with the 450-token story
+        # (several seconds on two cores), this short request would have waited for it.
         assert time.monotonic() - started < 3
     finally:
         await model.aclose()
@@ -89,7 +91,7 @@ async def test_cancelling_a_chat_mid_reply_raises_cancelled(llama_server: str) -
     first = asyncio.Event()
 
     async def chat() -> None:
-        async for _ in model.stream(HELLO, json_output=False, reasoning_enabled=False):
+        async for _ in model.stream(STORY, json_output=False, reasoning_enabled=False):
             first.set()
 
     try:

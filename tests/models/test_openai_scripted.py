@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from chatsession import (
+    ChatServer,
     Message,
     ModelAuthenticationError,
     ModelContextLengthError,
@@ -22,9 +24,11 @@ from chatsession import (
     ModelTimeoutError,
     ModelUnavailableError,
     Reasoning,
+    Settings,
 )
 from chatsession.domain import Chunk
 from chatsession.models.openai import OpenAIModel
+from chatsession.storage import MemoryDialogStore
 from tests.models.conftest import FakeEndpoint, error_reply, free_port, sse_reply
 
 HELLO = [Message("user", "Hello?")]
@@ -231,3 +235,25 @@ async def test_closing_the_stream_closes_the_connection(endpoint: FakeEndpoint) 
     await stream.aclose()  # type: ignore[attr-defined]  # an async generator
     await model.aclose()
     assert endpoint.disconnected.wait(timeout=2)
+
+
+async def test_through_chat_server_reasoning_is_stored_apart(
+    endpoint: FakeEndpoint, tmp_path: Path
+) -> None:
+    """Reasoning streams to the caller, is stored in its own field, and is not sent back."""
+    endpoint.script = [sse_reply({"reasoning_content": "greet"}, {"content": "Hi"})]
+    store = MemoryDialogStore()
+    model = model_at(endpoint.url)
+    async with ChatServer(Settings(data_dir=tmp_path), store=store, model=model) as chat:
+        first = [c async for c in chat.chat_with_history("bob", "Hello?", reasoning_enabled=True)]
+        second = [c async for c in chat.chat_with_history("bob", "Again?")]
+        dialog = await store.load_current("bob")
+    assert first == [Reasoning("greet"), "Hi"]
+    assert second == ["Hi"]
+    assert dialog is not None
+    assert (dialog.messages[1].content, dialog.messages[1].reasoning) == ("Hi", "greet")
+    assert endpoint.requests[1]["messages"] == [
+        {"role": "user", "content": "Hello?"},
+        {"role": "assistant", "content": "Hi"},
+        {"role": "user", "content": "Again?"},
+    ]

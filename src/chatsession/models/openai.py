@@ -124,7 +124,8 @@ class OpenAIModel:
         import openai
 
         response = await self._open(messages, json_output, reasoning_enabled, stream=True)
-        assert isinstance(response, openai.AsyncStream)
+        if not isinstance(response, openai.AsyncStream):
+            raise ModelError(f"{self.base_url} answered a streamed request without streaming")
         splitter = ThinkSplitter()
         received = False
         try:
