@@ -184,7 +184,8 @@ class ChatServer:
         """End ``user_id``'s session; return the archive id, or None if nothing was archived.
 
         However many ends race for one session, it is archived once and ``session_ended``
-        fires once; every caller gets the same archive id.
+        fires once; calls that overlap all get the same archive id, and a call made after
+        the session ended gets None.
         """
         check_user_id(user_id)
         return await self._sessions.end(user_id, reason)
