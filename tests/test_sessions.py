@@ -311,3 +311,13 @@ async def test_concurrent_chats_of_one_user_are_served_in_order(server: ServerFa
         for i in range(5):
             expected += [f"m{i} x y z", f"echo: m{i} x y z"]
         assert [m.content for m in dialog.messages] == expected
+
+
+async def test_debug_session_logs(server: ServerFactory, caplog: pytest.LogCaptureFixture) -> None:
+    """DEBUG=session:* logs each session's start and end."""
+    caplog.set_level("DEBUG", logger="chatsession.sessions")
+    async with server(debug="session:*") as chat:
+        await chat.start_user_session("zed")
+        await chat.end_user_session("zed")
+    assert "started for 'zed'" in caplog.text
+    assert "of 'zed' ended (manual)" in caplog.text
