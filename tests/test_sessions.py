@@ -11,6 +11,7 @@ import pytest
 from chatsession import (
     ChatServer,
     Chunk,
+    InvalidSessionId,
     Message,
     ModelError,
     ModelOutputError,
@@ -20,6 +21,7 @@ from chatsession import (
     Settings,
 )
 from chatsession.models import EchoModel
+from chatsession.storage import MemoryDialogStore
 from tests.conftest import ServerFactory, collect
 
 
@@ -321,3 +323,26 @@ async def test_debug_session_logs(server: ServerFactory, caplog: pytest.LogCaptu
         await chat.end_user_session("zed")
     assert "started for 'zed'" in caplog.text
     assert "of 'zed' ended (manual)" in caplog.text
+
+
+@pytest.mark.parametrize("session_id", ["", "has space", "x" * 129, "new\nline", "../x"])
+async def test_unacceptable_session_ids_are_refused(server: ServerFactory, session_id: str) -> None:
+    """A client-chosen session id must be short and plain; it lands in files and headers."""
+    async with server() as chat:
+        with pytest.raises(InvalidSessionId, match="session id"):
+            await chat.start_user_session("alice", session_id)
+        assert await chat.get_active_session_count() == 0
+
+
+async def test_a_failing_background_task_never_stops_the_server(server: ServerFactory) -> None:
+    """An end triggered in the background that fails is logged; the server runs on."""
+
+    class BrokenArchive(MemoryDialogStore):
+        async def archive_current(self, user_id: str, **kwargs: Any) -> str | None:
+            raise RuntimeError("bug in a store")
+
+    async with server(store=BrokenArchive(), disconnect_grace=0.01) as chat:
+        async with chat.connect("ann"):
+            await collect(chat, "ann", "hi")
+        await asyncio.sleep(0.05)
+        assert await collect(chat, "ann", "still here") == "echo: still here"

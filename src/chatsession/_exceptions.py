@@ -8,6 +8,7 @@ caller never has to catch another library's exceptions::
     ├── ConfigError              a setting has a value it cannot accept
     ├── InvalidUserId            a user id that cannot name a directory safely
     ├── SessionError
+    │   ├── InvalidSessionId     a client-chosen session id that is not acceptable
     │   └── ServerClosedError    the ChatServer is not running (not entered, or closed)
     ├── StorageError             reading or writing a dialog failed
     │   ├── CorruptDialogError   a dialog file does not parse; names the file
@@ -27,6 +28,7 @@ __all__ = [
     "ConfigError",
     "CorruptDialogError",
     "DialogNotFound",
+    "InvalidSessionId",
     "InvalidUserId",
     "ModelError",
     "ModelOutputError",
@@ -52,6 +54,10 @@ class InvalidUserId(ChatSessionError, ValueError):
 
 class SessionError(ChatSessionError):
     """A session operation that cannot be carried out."""
+
+
+class InvalidSessionId(SessionError, ValueError):
+    """A client-chosen session id that is empty, too long, or has unusual characters."""
 
 
 class ServerClosedError(SessionError, RuntimeError):

@@ -144,6 +144,9 @@ class ChatServer:
         if self._task_group is None or self._state is not _State.RUNNING:
             coroutine.close()
             raise ServerClosedError("The ChatServer is not running: use 'async with'.")
+        # A child that raised would make the TaskGroup cancel the task that entered the
+        # server (the application itself), so every coroutine spawned here logs its own
+        # failures: the sweeper, the flusher, background ends and event handlers all do.
         task = self._task_group.create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 import uuid
 from collections import OrderedDict
@@ -33,6 +34,7 @@ from typing import Any
 
 from chatsession._exceptions import (
     ChatSessionError,
+    InvalidSessionId,
     ModelError,
     ModelOutputError,
     ServerClosedError,
@@ -49,6 +51,8 @@ from chatsession.storage.base import DialogStore
 __all__ = ["Connection", "SessionManager"]
 
 logger = logging.getLogger("chatsession.sessions")
+
+_SESSION_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
 
 class _Session:
@@ -246,6 +250,10 @@ class SessionManager:
             return session
         if self._closing:
             raise ServerClosedError("Cannot start a session: the server is shutting down.")
+        if session_id is not None and not _SESSION_ID.fullmatch(session_id):
+            raise InvalidSessionId(
+                "a session id must be 1 to 128 letters, digits or '_.:-' characters"
+            )
         session = _Session(user_id, session_id or uuid.uuid4().hex)
         self._sessions[user_id] = session
         if user_id not in self._connections:
@@ -261,10 +269,15 @@ class SessionManager:
             self._idle.move_to_end(session.user_id)
 
     async def _end_logged(self, session: _Session, reason: EndReason) -> bool:
+        """End ``session`` for a background trigger, which has no caller to raise to."""
         try:
             await self._end(session, reason)
         except ChatSessionError as exc:
+            # The dialog stays current; the next sweep, or the next start, tries again.
             logger.error("could not end the session of %r (%s): %s", session.user_id, reason, exc)
+            return False
+        except Exception:
+            logger.exception("could not end the session of %r (%s)", session.user_id, reason)
             return False
         return True
 
