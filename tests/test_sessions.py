@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -346,3 +347,38 @@ async def test_a_failing_background_task_never_stops_the_server(server: ServerFa
             await collect(chat, "ann", "hi")
         await asyncio.sleep(0.05)
         assert await collect(chat, "ann", "still here") == "echo: still here"
+
+
+async def test_shutdown_waits_for_replies_then_cancels_past_the_grace(
+    server: ServerFactory, tmp_path: Path
+) -> None:
+    """A reply still streaming at shutdown gets SHUTDOWN_GRACE, then is stored interrupted."""
+    data = tmp_path / "grace"
+    outcome: list[str] = []
+    streaming = asyncio.Event()
+
+    async def slow_chat(chat: ChatServer) -> None:
+        try:
+            async for _ in chat.chat_with_history("kit", "w " * 1000):
+                streaming.set()
+        except asyncio.CancelledError:
+            outcome.append("cancelled")
+            raise
+
+    loop = asyncio.get_running_loop()
+    async with server(model=EchoModel(delay=0.01), shutdown_grace=0.1, data_dir=data) as chat:
+        task = asyncio.create_task(slow_chat(chat))
+        await streaming.wait()
+        started = loop.time()
+    assert loop.time() - started < 2
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert outcome == ["cancelled"]
+    async with server(data_dir=data) as chat:
+        archives = await chat.list_archives("kit")
+        if archives:  # the memory store forgets with its server
+            [summary] = archives
+            assert summary.end_reason == "shutdown"
+            reply = (await chat.get_archive("kit", summary.archive_id)).messages[-1]
+            assert reply.interrupted
+            assert reply.content.startswith("echo: w w")

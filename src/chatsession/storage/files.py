@@ -160,7 +160,8 @@ class YamlDialogStore:
         path = directory / CURRENT
         temporary = directory / (CURRENT + ".new")
         try:
-            (directory / ARCHIVED).mkdir(parents=True, exist_ok=True)
+            if not directory.exists():
+                self._make_directories(directory)
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             try:
                 _write_all(fd, content)
@@ -178,6 +179,14 @@ class YamlDialogStore:
         if self.durability == "batch":
             self._unsynced.add(str(path))
         self._directory_changed(directory)
+
+    def _make_directories(self, directory: Path) -> None:
+        """Create a user's directories; their new names are made durable like files."""
+        (directory / ARCHIVED).mkdir(parents=True, exist_ok=True)
+        parent = directory
+        while parent != self.root and self.root in parent.parents:
+            self._directory_changed(parent.parent)
+            parent = parent.parent
 
     def _set_aside_leftover(self, directory: Path) -> None:
         now = datetime.now(UTC)
