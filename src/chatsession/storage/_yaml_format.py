@@ -82,11 +82,41 @@ def dump_header(user_id: str, session_id: str, started_at: datetime) -> str:
 
 
 def dump_message(message: Message) -> str:
-    return _dump([_message_mapping(message)])
+    """One ``- `` record. Messages are written on every turn, so the common case — short
+    single-line ASCII text — is written directly; anything else goes through PyYAML."""
+    mapping = _message_mapping(message)
+    lines = []
+    for key, value in mapping.items():
+        scalar = "true" if value is True else _simple_scalar(value)
+        if scalar is None:
+            return _dump([mapping])
+        lines.append(f"{key}: {scalar}\n")
+    return "- " + "  ".join(lines)
+
+
+# Text YAML reads back as the same string when written plain: a letter first, no
+# characters that YAML gives a meaning to, no trailing space, and not a YAML 1.1 boolean
+# or null word.
+_PLAIN = re.compile(
+    r"[A-Za-z][A-Za-z0-9 ,.!?()/_+=;$%^*'\"-]*[A-Za-z0-9,.!?()/_+=;$%^*'\"-]|[A-Za-z]"
+)
+_NOT_PLAIN = frozenset(("yes", "no", "y", "n", "true", "false", "on", "off", "null"))
+_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
+
+
+def _simple_scalar(value: object) -> str | None:
+    """``value`` as a one-line YAML scalar, or None when PyYAML should write it."""
+    if not isinstance(value, str):
+        return None
+    if _PLAIN.fullmatch(value) and value.lower() not in _NOT_PLAIN:
+        return value
+    if _PRINTABLE_ASCII.fullmatch(value):
+        return "'" + value.replace("'", "''") + "'"  # single quotes escape only themselves
+    return None
 
 
 def dump_trailer(ended_at: datetime, reason: EndReason) -> str:
-    return _dump({"ended_at": ended_at.isoformat(), "end_reason": reason})
+    return f"ended_at: '{ended_at.isoformat()}'\nend_reason: {reason}\n"
 
 
 def dump_dialog(dialog: Dialog) -> str:
