@@ -420,7 +420,9 @@ class SessionManager:
                 self._turns[user_id] = task
             try:
                 await self._store(session, Message("user", text))
-                history = list(session.messages or ())
+                # The model reads the dialog itself, not a copy: copying would make each turn
+                # cost more as the dialog grows. Nothing changes it until the reply is stored.
+                history = session.messages or []
                 reply = self._reply(session, history, json_output, reasoning_enabled)
                 async with aclosing(reply):  # closed here, not whenever it is collected
                     async for chunk in reply:
