@@ -7,6 +7,7 @@ caller never has to catch another library's exceptions::
     ChatSessionError
     ├── ConfigError              a setting has a value it cannot accept
     ├── InvalidUserId            a user id that cannot name a directory safely
+    ├── InvalidMessage           a message that is not storable text
     ├── SessionError
     │   ├── InvalidSessionId     a client-chosen session id that is not acceptable
     │   └── ServerClosedError    the ChatServer is not running (not entered, or closed)
@@ -28,6 +29,7 @@ __all__ = [
     "ConfigError",
     "CorruptDialogError",
     "DialogNotFound",
+    "InvalidMessage",
     "InvalidSessionId",
     "InvalidUserId",
     "ModelError",
@@ -50,6 +52,10 @@ class ConfigError(ChatSessionError):
 
 class InvalidUserId(ChatSessionError, ValueError):
     """A user id that is empty, too long, or holds control characters."""
+
+
+class InvalidMessage(ChatSessionError, ValueError):
+    """A message that is not text, or not valid Unicode."""
 
 
 class SessionError(ChatSessionError):
