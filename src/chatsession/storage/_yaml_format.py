@@ -42,7 +42,10 @@ _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _BaseDumper: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 _ROLES = frozenset(("system", "user", "assistant"))
 _RECORD_START = re.compile(r"^-", re.MULTILINE)
-_TOP_LEVEL_KEY = re.compile(r"^[a-z_]+:", re.MULTILINE)
+_TOP_LEVEL_LINE = re.compile(r"^[^\s-]", re.MULTILINE)  # after the records: the trailer
+# What a YAML loader raises besides YAMLError on input it cannot take (an impossible date
+# such as 2024-13-01 is a ValueError; absurd nesting is a RecursionError).
+_LOAD_ERRORS = (yaml.YAMLError, ValueError, TypeError, RecursionError)
 
 
 class _Dumper(_BaseDumper):  # type: ignore[misc,valid-type]  # the C dumper is untyped
@@ -136,7 +139,7 @@ def parse_dialog(text: str, path: Path) -> Dialog:
     text = text.rstrip("\x00")  # a crash may leave a zero-filled tail behind the last write
     try:
         document = yaml.load(text, Loader=_Loader)  # the safe C loader
-    except yaml.YAMLError:
+    except _LOAD_ERRORS:
         document = None
     if isinstance(document, dict) and text.endswith("\n"):
         records = document.get("messages")
@@ -166,7 +169,7 @@ def _parse_record_by_record(text: str, path: Path) -> Dialog:
     for index, start in enumerate(starts):
         end = starts[index + 1] if index + 1 < len(starts) else len(text)
         chunk = text[start:end]
-        trailer_at = _TOP_LEVEL_KEY.search(chunk)
+        trailer_at = _TOP_LEVEL_LINE.search(chunk)
         if trailer_at is not None:
             chunk, trailer = chunk[: trailer_at.start()], chunk[trailer_at.start() :]
         records.append(chunk)
@@ -176,7 +179,7 @@ def _parse_record_by_record(text: str, path: Path) -> Dialog:
         try:
             parsed = yaml.load(chunk, Loader=_Loader)
             whole = chunk.endswith("\n") and isinstance(parsed, list) and _is_whole(parsed)
-        except yaml.YAMLError:
+        except _LOAD_ERRORS:
             whole = False
         if whole:
             messages.extend(parsed)
@@ -186,24 +189,38 @@ def _parse_record_by_record(text: str, path: Path) -> Dialog:
             raise CorruptDialogError(path, f"message {index + 1} is not a readable message")
     header["messages"] = messages
     if trailer:
-        try:
-            header.update(_load_mapping(trailer, path))
-        except CorruptDialogError:
+        ending = _whole_trailer(trailer)
+        if ending is None:
             logger.warning("%s: dropped a torn end-of-session record", path)
+        else:
+            header.update(ending)
     return _dialog_from_mapping(header, path)
+
+
+def _whole_trailer(text: str) -> dict[str, Any] | None:
+    """The ``ended_at``/``end_reason`` lines, or None if a crash tore them."""
+    if not text.endswith("\n"):
+        return None
+    try:
+        document = yaml.load(text, Loader=_Loader)
+    except _LOAD_ERRORS:
+        return None
+    if not isinstance(document, dict) or document.get("end_reason") not in END_REASONS:
+        return None
+    return document
 
 
 def _load_mapping(text: str, path: Path) -> dict[str, Any]:
     try:
         document = yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError as exc:
+    except _LOAD_ERRORS as exc:
         raise CorruptDialogError(path, f"not valid YAML ({_first_line(exc)})") from exc
     if not isinstance(document, dict):
         raise CorruptDialogError(path, "expected a YAML mapping with user_id and messages")
     return document
 
 
-def _first_line(exc: yaml.YAMLError) -> str:
+def _first_line(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 

@@ -38,6 +38,7 @@ from typing import TypeVar
 from chatsession._exceptions import (
     CorruptDialogError,
     DialogNotFound,
+    InvalidUserId,
     StorageError,
     StorageFullError,
 )
@@ -151,10 +152,10 @@ class YamlDialogStore:
         length = os.fstat(fd).st_size
         try:
             _write_all(fd, data)
+            self._synced(fd, path)
         except OSError as exc:
-            os.ftruncate(fd, length)  # never leave a partial record behind
+            os.ftruncate(fd, length)  # never leave a partial (or unsynced) record behind
             raise _storage_error(exc, path) from exc
-        self._synced(fd, path)
         return length
 
     def _create(self, directory: Path, content: bytes) -> None:
@@ -228,12 +229,17 @@ class YamlDialogStore:
             # The data still waits for its fsync; reach it by its new name.
             self._unsynced.discard(str(path))
             self._unsynced.add(str(archived / f"{archive_id}.yaml"))
+        archive = archived / f"{archive_id}.yaml"
         try:
+            self._directory_changed(archived)  # the archive's name is durable first
             path.unlink()
         except OSError as exc:
+            archive.unlink(missing_ok=True)  # still current, so not archived as well
             raise _storage_error(exc, path) from exc
-        self._directory_changed(directory / ARCHIVED)
-        self._directory_changed(directory)
+        try:
+            self._directory_changed(directory)
+        except OSError as exc:  # archived all the same; only its durability is in doubt
+            logger.error("fsync of %s failed after archiving: %s", directory, exc.strerror)
         return archive_id
 
     def _synced(self, fd: int, path: Path | str) -> None:
@@ -278,9 +284,11 @@ class YamlDialogStore:
         except FileNotFoundError:
             return users
         for entry in entries:
-            user_id = user_id_from_directory(entry.name)
-            if user_id is not None and os.path.exists(os.path.join(entry.path, "dialogs", CURRENT)):
-                users.append(user_id)
+            if not _is_user_directory(entry.name):
+                logger.warning("ignoring %s: not a directory name chatsession makes", entry.path)
+                continue
+            if os.path.exists(os.path.join(entry.path, "dialogs", CURRENT)):
+                users.append(user_id_from_directory(entry.name) or "")
         return users
 
     def _archive_path(self, user_id: str, archive_id: str) -> Path:
@@ -303,7 +311,10 @@ class YamlDialogStore:
     def _recover(self, directory: Path, ended_at: datetime) -> str | None:
         path = directory / CURRENT
         (directory / (CURRENT + ".tmp")).unlink(missing_ok=True)
+        new = directory / (CURRENT + ".new")
         try:
+            if new.exists() and os.path.samefile(new, path):
+                new.unlink()  # a crash inside _create, after its link: the dialog is current
             if os.stat(path).st_nlink > 1:  # archived already; the unlink did not happen
                 path.unlink()
                 return None
@@ -373,7 +384,10 @@ def _load(path: Path) -> Dialog:
 
 def _summaries(directory: Path) -> list[ArchiveSummary]:
     try:
-        names = sorted(name for name in os.listdir(directory) if name.endswith(".yaml"))
+        names = sorted(
+            (name for name in os.listdir(directory) if name.endswith(".yaml")),
+            key=_archive_order,
+        )
     except FileNotFoundError:
         return []
     summaries: list[ArchiveSummary] = []
@@ -399,6 +413,23 @@ def _summaries(directory: Path) -> list[ArchiveSummary]:
             )
         )
     return summaries
+
+
+def _archive_order(name: str) -> tuple[str, int]:
+    """Archives in time order: ``...-00-2`` before ``...-00-10``."""
+    stem = name.removesuffix(".yaml")
+    base, _, suffix = stem[:19], stem[19:20], stem[20:]
+    return base, int(suffix) if suffix.isdigit() else 0
+
+
+def _is_user_directory(name: str) -> bool:
+    user_id = user_id_from_directory(name)
+    if user_id is None:
+        return False
+    try:
+        return directory_name(user_id) == name
+    except InvalidUserId:
+        return False
 
 
 def _sync_paths(paths: set[str]) -> None:
