@@ -87,6 +87,11 @@ class Settings:
     debug: str = ""
 
     def __post_init__(self) -> None:
+        if "://" in str(self.data_dir):
+            raise ConfigError(
+                f"data_dir must be a directory, got {str(self.data_dir)!r}; to keep dialogs "
+                "elsewhere, pass a store to ChatServer (chatsession.storage.open_store)"
+            )
         object.__setattr__(self, "data_dir", Path(self.data_dir))
         if self.model_path is not None:
             object.__setattr__(self, "model_path", Path(self.model_path))
@@ -135,8 +140,8 @@ class Settings:
         values: dict[str, Any] = {}
         for variable, (field_name, parse) in _ENVIRONMENT.items():
             raw = env.get(variable)
-            if raw is None:
-                continue
+            if raw is None or not raw.strip():
+                continue  # unset and set-but-empty both mean the default
             try:
                 values[field_name] = parse(raw.strip())
             except ValueError as exc:
@@ -208,6 +213,12 @@ def _positive_seconds(raw: str) -> float:
     return value
 
 
+def _directory(raw: str) -> Path:
+    if "://" in raw:
+        raise ValueError("expected a directory, not a URL")
+    return Path(raw)
+
+
 def _nonempty(raw: str) -> str:
     if not raw:
         raise ValueError("expected a non-empty value")
@@ -215,7 +226,7 @@ def _nonempty(raw: str) -> str:
 
 
 _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
-    "DATA_DIR": ("data_dir", lambda raw: Path(_nonempty(raw))),
+    "DATA_DIR": ("data_dir", lambda raw: _directory(raw)),
     "SESSION_TIMEOUT": ("session_timeout", _milliseconds),
     "SESSION_CHECK_INTERVAL": ("session_check_interval", _milliseconds),
     "AUTO_ARCHIVE_ON_DISCONNECT": ("auto_archive_on_disconnect", _boolean),

@@ -152,7 +152,6 @@ class LocalModel:
     ) -> AsyncIterator[Chunk]:
         if self._closed:
             raise ModelError("The local model has been closed.")
-        history = list(messages)
         await self._wait_for_turn()
         try:
             if self._closed:  # closed while this chat waited its turn
@@ -168,7 +167,7 @@ class LocalModel:
                     stop.set()
 
             generation = loop.run_in_executor(
-                self._worker, self._generate, history, json_output, stop, send
+                self._worker, self._generate, messages, json_output, stop, send
             )
             splitter = ThinkSplitter()
             try:
@@ -216,7 +215,7 @@ class LocalModel:
 
     def _generate(
         self,
-        messages: list[Message],
+        messages: Sequence[Message],
         json_output: bool,
         stop: threading.Event,
         send: Callable[[str | BaseException | _Done], None],
