@@ -207,3 +207,21 @@ async def test_a_closed_model_refuses_chats() -> None:
     await model.aclose()
     with pytest.raises(ModelError, match="closed"):
         await reply(model)
+
+
+async def test_model_path_serves_another_gguf_file(tmp_path: Path) -> None:
+    """MODEL_PATH names the GGUF file to serve; the model is named after it."""
+    from chatsession.models import load_model
+    from chatsession.models.local import bundled_weights
+
+    weights = bundled_weights()
+    assert weights is not None
+    other = tmp_path / "other-model.gguf"
+    other.symlink_to(weights)
+    model = load_model("auto", Settings(model_path=other, model_max_tokens=8))
+    try:
+        assert isinstance(model, LocalModel)
+        assert model.name == "local:other-model"
+        assert await reply(model)
+    finally:
+        await model.aclose()

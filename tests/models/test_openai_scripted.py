@@ -257,3 +257,22 @@ async def test_through_chat_server_reasoning_is_stored_apart(
         {"role": "assistant", "content": "Hi"},
         {"role": "user", "content": "Again?"},
     ]
+
+
+async def test_max_completion_tokens_is_used_where_max_tokens_is_refused(
+    endpoint: FakeEndpoint,
+) -> None:
+    """A model that wants max_completion_tokens (OpenAI's reasoning models) gets it."""
+    endpoint.script = [
+        error_reply(
+            400,
+            "Unsupported parameter: 'max_tokens' is not supported with this model. "
+            "Use 'max_completion_tokens' instead.",
+            "unsupported_parameter",
+        ),
+        sse_reply({"content": "ok"}),
+    ]
+    assert await run(model_at(endpoint.url, max_tokens=77)) == ["ok"]
+    assert endpoint.requests[0]["max_tokens"] == 77
+    assert "max_tokens" not in endpoint.requests[1]
+    assert endpoint.requests[1]["max_completion_tokens"] == 77
