@@ -22,7 +22,8 @@ CAPITAL_AS_JSON = 'Give the capital of France as JSON: {"capital": ...}'
 
 def served(url: str, **options: Any) -> OpenAIModel:
     options.setdefault("max_tokens", 24)
-    options.setdefault("retries", 0)
+    # As in production: a pooled connection the server has just closed is tried again.
+    options.setdefault("retries", 2)
     return OpenAIModel("smollm2", base_url=url, **options)
 
 

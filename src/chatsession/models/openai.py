@@ -238,8 +238,9 @@ class OpenAIModel:
             )
         if isinstance(exc, openai.APIConnectionError):
             cause = exc.__cause__ or exc.__context__
+            reason = (str(cause) or type(cause).__name__) if cause is not None else detail
             return ModelUnavailableError(
-                f"cannot reach {where} ({cause or detail}): is the server running, and is "
+                f"cannot reach {where} ({reason}){retried}: is the server running, and is "
                 "OPENAI_BASE_URL right?"
             )
         if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
