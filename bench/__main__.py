@@ -1,13 +1,16 @@
 """Run the benchmarks: ``python -m bench`` runs them all, ``python -m bench append sweep`` some.
 
 A benchmark is any ``bench/bench_NAME.py`` module that defines ``main()``; it is run as
-``NAME``. A ``main()`` may return a list of `Verdict` values, which are summed up at the end.
+``NAME``. ``main()`` may be a coroutine function, and may return a list of `Verdict`
+values, which are summed up at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
+import inspect
 import pkgutil
 import sys
 import time
@@ -38,6 +41,8 @@ def run(name: str) -> list[Verdict]:
         print(f"\n{PREFIX}{name}.py defines no main(): skipped")
         return []
     result = main()
+    if inspect.iscoroutine(result):
+        result = asyncio.run(result)
     if isinstance(result, list):
         return [verdict for verdict in result if isinstance(verdict, Verdict)]
     return []
@@ -70,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  ({name} took {format_seconds(time.perf_counter() - started)})")
 
     print("\n== summary ==")
+    if not verdicts and not failed:
+        print("  no targets were checked")
     for verdict in verdicts:
         print(f"  {verdict}")
     for name in failed:
