@@ -89,11 +89,13 @@ async def fill_and_shut_down(
     chat = ChatServer(settings, store=make_store(kind, root, durability), model=EchoModel())
     await chat.__aenter__()
     try:
-        for first in range(0, sessions, CONCURRENCY):
-            users = range(first, min(first + CONCURRENCY, sessions))
-            await asyncio.gather(*(chat_once(chat, f"user-{n:05d}") for n in users))
-        settle()
-        os.sync()  # the messages are on disk already: only the shutdown's writes count
+        with Stopwatch() as filling:
+            for first in range(0, sessions, CONCURRENCY):
+                users = range(first, min(first + CONCURRENCY, sessions))
+                await asyncio.gather(*(chat_once(chat, f"user-{n:05d}") for n in users))
+        with Stopwatch() as settling:
+            settle()
+            os.sync()  # the messages are on disk already: only the shutdown's writes count
     finally:
         with Stopwatch() as watch:
             await chat.__aexit__(None, None, None)
@@ -102,6 +104,11 @@ async def fill_and_shut_down(
         current = count_files(root, "users/*/dialogs/current.yaml")
         if archived != sessions or current:
             raise RuntimeError(f"{archived} archives and {current} current dialogs left")
+    print(
+        f"  {label(kind, durability, sessions)}: filled in {format_seconds(filling.seconds)},"
+        f" cleanup and sync waited {format_seconds(settling.seconds)},"
+        f" shut down in {format_seconds(watch.seconds)}"
+    )
     return watch.seconds
 
 
