@@ -32,7 +32,7 @@ from chatsession.storage import DialogStore, MemoryDialogStore, YamlDialogStore
 SMALL, LARGE = 1_000, 100_000
 EXPIRING = 100
 TIMEOUT = 0.5  # seconds; touching 100,000 users must take less than this
-REPETITIONS = 7
+REPETITIONS = 11
 
 
 class Population:
