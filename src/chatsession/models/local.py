@@ -133,7 +133,7 @@ class LocalModel:
             raise ModelNotFoundError(f"MODEL_PATH={str(path)!r} is not a file; name a GGUF file")
         self.path = path
         self.name = f"local:{path.stem}"
-        self.threads = threads or os.cpu_count() or 1
+        self.threads = threads or _usable_cores()
         self.context_window = context_window or DEFAULT_CONTEXT
         self.max_tokens = max_tokens
         self.system_prompt = system_prompt
@@ -287,6 +287,13 @@ class LocalModel:
                 self.context_window,
             )
         return self._llama
+
+
+def _usable_cores() -> int:
+    """The cores this process may run on (a container's CPU set, not the host's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 class _LlamaTokens:
