@@ -17,7 +17,7 @@ ALICE = {"x-user-id": "alice"}
 
 async def chat_over(ws: ClientConnection, text: str) -> str:
     await ws.send(json.dumps({"text": text}))
-    parts = []
+    parts: list[str] = []
     while True:
         frame = json.loads(await ws.recv())
         if frame["type"] == "done":
