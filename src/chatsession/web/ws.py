@@ -103,20 +103,19 @@ class _Conversation:
         await self.web.drain.wait()
 
     async def _read(self) -> None:
+        # Sets `closed` when the peer is gone; being cancelled (we are closing) does not.
         try:
             while True:
                 message = await self.websocket.receive()
                 if message["type"] == "websocket.disconnect":
-                    code = message.get("code", 1000)
-                    if code not in _CLEAN_CLOSES:
+                    if message.get("code", 1000) not in _CLEAN_CLOSES:
                         self.connection.fail()
-                    return
+                    break
                 data = message.get("text")
                 await self.inbox.put(data if data is not None else message.get("bytes") or b"")
         except (WebSocketDisconnect, OSError, RuntimeError):
             self.connection.fail()
-        finally:
-            self.closed.set()
+        self.closed.set()
 
     async def _handle(self, data: str | bytes) -> None:
         with suppress(_PeerGone):
