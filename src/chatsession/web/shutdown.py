@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -32,6 +32,7 @@ class Drain:
         self._stop: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None
         self._open = 0
+        self._watchers: set[Callable[[], None]] = set()
 
     @property
     def closing(self) -> bool:
@@ -53,6 +54,17 @@ class Drain:
             if not self._open:
                 self._events()[1].set()
 
+    @contextmanager
+    def on_stop(self, callback: Callable[[], None]) -> Iterator[None]:
+        """Call ``callback`` when connections are to end, if that happens within the block."""
+        if self._stop is not None and self._stop.is_set():
+            callback()
+        self._watchers.add(callback)
+        try:
+            yield
+        finally:
+            self._watchers.discard(callback)
+
     async def wait(self) -> None:
         """Return when connections are to end."""
         await self._events()[0].wait()
@@ -66,6 +78,8 @@ class Drain:
             # an archival interrupted halfway would be worse than a late exit.
             await self._chat.aclose()
         stop.set()
+        for callback in list(self._watchers):
+            callback()
         if self._open:
             try:
                 await asyncio.wait_for(idle.wait(), timeout=close_grace)

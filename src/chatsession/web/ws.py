@@ -36,6 +36,9 @@ router = APIRouter()
 # Close codes of a connection that ended on purpose; anything else ends the session as error.
 _CLEAN_CLOSES = frozenset((1000, 1001, 1005))
 GOING_AWAY = 1001
+# Frames a client may send ahead while a reply streams; more are refused, not buffered.
+_BACKLOG = 32
+_BACKLOG_FULL = f"too many messages waiting for a reply (at most {_BACKLOG}); this one was dropped"
 
 
 @router.websocket("/ws")
@@ -82,25 +85,24 @@ class _Conversation:
         self.websocket = websocket
         self.identity = identity
         self.connection = connection
-        self.inbox: asyncio.Queue[str | bytes] = asyncio.Queue(maxsize=32)
+        # Frames waiting while a reply streams; None means stop (peer gone, or shutdown).
+        self.inbox: asyncio.Queue[str | bytes | None] = asyncio.Queue()
         self.closed = asyncio.Event()
 
     async def run(self) -> None:
         reader = asyncio.ensure_future(self._read())
         try:
-            while True:
-                received, frame = await race(self.inbox.get(), self.closed.wait(), self._drain())
-                if not received or frame is None:
-                    break
-                await self._handle(frame)
+            with self.web.drain.on_stop(self._stop):
+                while (frame := await self.inbox.get()) is not None:
+                    await self._handle(frame)
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
         if self.web.drain.closing and not self.closed.is_set():
             await self._close(GOING_AWAY, "server shutting down")
 
-    async def _drain(self) -> None:
-        await self.web.drain.wait()
+    def _stop(self) -> None:
+        self.inbox.put_nowait(None)
 
     async def _read(self) -> None:
         # Sets `closed` when the peer is gone; being cancelled (we are closing) does not.
@@ -112,10 +114,15 @@ class _Conversation:
                         self.connection.fail()
                     break
                 data = message.get("text")
-                await self.inbox.put(data if data is not None else message.get("bytes") or b"")
+                if self.inbox.qsize() >= _BACKLOG:
+                    with suppress(_PeerGone):
+                        await self._send(error_frame(_BACKLOG_FULL, 429))
+                    continue
+                self.inbox.put_nowait(data if data is not None else message.get("bytes") or b"")
         except (WebSocketDisconnect, OSError, RuntimeError):
             self.connection.fail()
         self.closed.set()
+        self._stop()
 
     async def _handle(self, data: str | bytes) -> None:
         with suppress(_PeerGone):

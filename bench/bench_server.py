@@ -1,0 +1,292 @@
+"""Server benchmarks: WebSocket round trips, idle connection memory, SIGTERM with sessions.
+
+Run ``python -m bench.bench_server`` (``--quick`` for a smaller run). Everything targets
+127.0.0.1, and every count and duration is bounded. Servers run as child processes so the
+load generator does not share their CPU time slices; the bare Starlette echo server is
+measured in the same run as the chat server, so the ratio compares like with like.
+
+1. Chat round trips per second over WebSocket (echo model, batched fsync) at 50 and 500
+   concurrent connections, against a bare Starlette WebSocket echo server; p50 and p99.
+2. Memory per idle WebSocket connection (each its own user and session) with 10,000 held.
+3. SIGTERM with 1,000 active sessions: time until the process exits, and how many
+   sessions were archived with reason ``shutdown``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+from websockets.asyncio.client import ClientConnection, connect
+
+HOST = "127.0.0.1"
+
+
+# -- servers under test ------------------------------------------------------------------
+
+
+def _bare_echo_app() -> object:
+    from starlette.applications import Starlette
+    from starlette.routing import WebSocketRoute
+    from starlette.websockets import WebSocket, WebSocketDisconnect
+
+    async def echo(websocket: WebSocket) -> None:
+        await websocket.accept()
+        try:
+            while True:
+                await websocket.send_text(await websocket.receive_text())
+        except WebSocketDisconnect:
+            pass
+
+    return Starlette(routes=[WebSocketRoute("/ws", echo)])
+
+
+def _serve_bare_echo(port: int) -> None:
+    import uvicorn
+
+    # The same uvicorn options as `chatsession serve`, so only the app differs.
+    uvicorn.run(
+        _bare_echo_app(),  # type: ignore[arg-type]
+        host=HOST,
+        port=port,
+        log_level="warning",
+        ws_per_message_deflate=False,
+        access_log=False,
+        server_header=False,
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def _server(kind: str, data_dir: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    port = _free_port()
+    if kind == "bare":
+        command = [sys.executable, "-m", "bench.bench_server", "--serve-bare-echo", str(port)]
+    else:
+        command = [sys.executable, "-m", "chatsession", "serve", "--port", str(port)]
+        command += ["--data-dir", str(data_dir), "--rate-limit", "0"]
+        command += ["--shutdown-grace", "10", "--max-connections-per-user", "100000"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with socket.create_connection((HOST, port), timeout=0.2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError(f"the {kind} server did not start") from None
+                time.sleep(0.05)
+        yield process, port
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+# -- 1. round trips ---------------------------------------------------------------------
+
+
+async def _open(url: str, user: str, chat: bool) -> ClientConnection:
+    ws = await connect(url, additional_headers={"x-user-id": user}, max_queue=None)
+    if chat:
+        await ws.recv()  # the session frame
+    return ws
+
+
+async def _round_trip(ws: ClientConnection, chat: bool) -> None:
+    if chat:
+        await ws.send('{"text": "hi"}')
+        while json.loads(await ws.recv())["type"] != "done":
+            pass
+    else:
+        await ws.send('{"text": "hi"}')
+        await ws.recv()
+
+
+async def _load(port: int, clients: int, seconds: float, chat: bool) -> tuple[float, list[float]]:
+    url = f"ws://{HOST}:{port}/ws"
+    sockets = await asyncio.gather(*(_open(url, f"user{i}", chat) for i in range(clients)))
+    latencies: list[float] = []
+    stop = time.monotonic() + seconds
+
+    async def worker(ws: ClientConnection) -> None:
+        await _round_trip(ws, chat)  # warm up
+        while time.monotonic() < stop:
+            started = time.perf_counter()
+            await _round_trip(ws, chat)
+            latencies.append(time.perf_counter() - started)
+
+    began = time.monotonic()
+    await asyncio.gather(*(worker(ws) for ws in sockets))
+    elapsed = time.monotonic() - began
+    await asyncio.gather(*(ws.close() for ws in sockets))
+    return len(latencies) / elapsed, latencies
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def bench_round_trips(clients: int, seconds: float, repeats: int) -> None:
+    results: dict[str, list[tuple[float, float, float]]] = {"bare": [], "chat": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(repeats):
+            for kind in ("bare", "chat"):
+                with _server(kind, Path(tmp) / "data") as (_, port):
+                    rate, latencies = asyncio.run(_load(port, clients, seconds, kind == "chat"))
+                results[kind].append(
+                    (rate, _percentile(latencies, 0.5), _percentile(latencies, 0.99))
+                )
+    medians = {
+        kind: tuple(statistics.median(run[i] for run in runs) for i in range(3))
+        for kind, runs in results.items()
+    }
+    bare, chat = medians["bare"], medians["chat"]
+    print(
+        f"round trips, {clients} connections: chat {chat[0]:,.0f}/s "
+        f"(p50 {chat[1] * 1000:.1f} ms, p99 {chat[2] * 1000:.1f} ms); bare echo "
+        f"{bare[0]:,.0f}/s (p50 {bare[1] * 1000:.1f} ms, p99 {bare[2] * 1000:.1f} ms); "
+        f"ratio {chat[0] / bare[0]:.0%} (median of {repeats})"
+    )
+
+
+# -- 2. idle memory ---------------------------------------------------------------------
+
+
+def _rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+async def _hold(port: int, count: int, pid: int) -> tuple[int, int]:
+    url = f"ws://{HOST}:{port}/ws"
+    # A few first, so imports and first-use allocations are not counted per connection.
+    warm = [await _open(url, f"warm{i}", True) for i in range(20)]
+    await asyncio.sleep(0.5)
+    before = _rss_bytes(pid)
+    gate = asyncio.Semaphore(200)
+
+    async def open_one(i: int) -> ClientConnection:
+        async with gate:
+            return await _open(url, f"idle{i}", True)
+
+    held = await asyncio.gather(*(open_one(i) for i in range(count)))
+    await asyncio.sleep(1.0)
+    after = _rss_bytes(pid)
+    async with httpx.AsyncClient() as http:
+        health = (await http.get(f"http://{HOST}:{port}/health")).json()
+    assert health["activeSessions"] >= count, health
+    gate = asyncio.Semaphore(500)
+
+    async def close(ws: ClientConnection) -> None:
+        async with gate:
+            await ws.close()
+
+    await asyncio.gather(*(close(ws) for ws in [*held, *warm]))
+    return before, after
+
+
+def bench_idle_memory(count: int) -> None:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        _server("chat", Path(tmp) / "data") as (
+            process,
+            port,
+        ),
+    ):
+        before, after = asyncio.run(_hold(port, count, process.pid))
+    per = (after - before) / count
+    print(
+        f"idle WebSocket sessions: {count:,} held, server RSS {before / 2**20:.0f} MiB -> "
+        f"{after / 2**20:.0f} MiB, {per / 1024:.1f} KiB per connection"
+    )
+
+
+# -- 3. SIGTERM with active sessions -----------------------------------------------------
+
+
+async def _fill(port: int, count: int) -> list[ClientConnection]:
+    url = f"ws://{HOST}:{port}/ws"
+    gate = asyncio.Semaphore(100)
+
+    async def one(i: int) -> ClientConnection:
+        async with gate:
+            ws = await _open(url, f"user{i}", True)
+            await _round_trip(ws, True)
+            return ws
+
+    return list(await asyncio.gather(*(one(i) for i in range(count))))
+
+
+async def _sigterm(process: subprocess.Popen[bytes], port: int, count: int) -> tuple[float, int]:
+    sockets = await _fill(port, count)
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    code = await asyncio.to_thread(process.wait, 60)
+    elapsed = time.monotonic() - started
+    await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+    return elapsed, code
+
+
+def bench_sigterm(count: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp) / "data"
+        with _server("chat", data_dir) as (process, port):
+            elapsed, code = asyncio.run(_sigterm(process, port, count))
+        archived = sum(
+            1
+            for path in (data_dir / "users").glob("*/dialogs/archived/*.yaml")
+            if "end_reason: shutdown" in path.read_text()
+        )
+    print(
+        f"SIGTERM with {count:,} active sessions: exit code {code} after {elapsed:.2f} s; "
+        f"{archived:,} of {count:,} archived as shutdown"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--serve-bare-echo", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="smaller counts, one repeat")
+    args = parser.parse_args()
+    if args.serve_bare_echo:
+        _serve_bare_echo(args.serve_bare_echo)
+        return
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    repeats, seconds = (1, 1.0) if args.quick else (3, 3.0)
+    for clients in (50, 500):
+        bench_round_trips(clients, seconds, repeats)
+    bench_idle_memory(1_000 if args.quick else min(10_000, hard // 2 - 100))
+    bench_sigterm(100 if args.quick else 1_000)
+
+
+if __name__ == "__main__":
+    main()
