@@ -185,24 +185,25 @@ def _rss_bytes(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-async def _hold(port: int, count: int, pid: int) -> tuple[int, int]:
+async def _hold(port: int, count: int, pid: int, chat: bool) -> tuple[int, int]:
     url = f"ws://{HOST}:{port}/ws"
     # A few first, so imports and first-use allocations are not counted per connection.
-    warm = [await _open(url, f"warm{i}", True) for i in range(20)]
+    warm = [await _open(url, f"warm{i}", chat) for i in range(20)]
     await asyncio.sleep(0.5)
     before = _rss_bytes(pid)
     gate = asyncio.Semaphore(200)
 
     async def open_one(i: int) -> ClientConnection:
         async with gate:
-            return await _open(url, f"idle{i}", True)
+            return await _open(url, f"idle{i}", chat)
 
     held = await asyncio.gather(*(open_one(i) for i in range(count)))
     await asyncio.sleep(1.0)
     after = _rss_bytes(pid)
-    async with httpx.AsyncClient() as http:
-        health = (await http.get(f"http://{HOST}:{port}/health")).json()
-    assert health["activeSessions"] >= count, health
+    if chat:
+        async with httpx.AsyncClient() as http:
+            health = (await http.get(f"http://{HOST}:{port}/health")).json()
+        assert health["activeSessions"] >= count, health
     gate = asyncio.Semaphore(500)
 
     async def close(ws: ClientConnection) -> None:
@@ -214,19 +215,18 @@ async def _hold(port: int, count: int, pid: int) -> tuple[int, int]:
 
 
 def bench_idle_memory(count: int) -> None:
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        _server("chat", Path(tmp) / "data") as (
-            process,
-            port,
-        ),
-    ):
-        before, after = asyncio.run(_hold(port, count, process.pid))
-    per = (after - before) / count
-    print(
-        f"idle WebSocket sessions: {count:,} held, server RSS {before / 2**20:.0f} MiB -> "
-        f"{after / 2**20:.0f} MiB, {per / 1024:.1f} KiB per connection"
-    )
+    per: dict[str, float] = {}
+    for kind in ("bare", "chat"):
+        with tempfile.TemporaryDirectory() as tmp, _server(kind, Path(tmp) / "data") as server:
+            process, port = server
+            before, after = asyncio.run(_hold(port, count, process.pid, kind == "chat"))
+        per[kind] = (after - before) / count
+        print(
+            f"idle WebSocket connections, {kind}: {count:,} held, server RSS "
+            f"{before / 2**20:.0f} MiB -> {after / 2**20:.0f} MiB, "
+            f"{per[kind] / 1024:.1f} KiB per connection"
+        )
+    print(f"idle memory per connection, chat / bare echo: {per['chat'] / per['bare']:.1f}x")
 
 
 # -- 3. SIGTERM with active sessions -----------------------------------------------------
@@ -284,7 +284,7 @@ def main() -> None:
     repeats, seconds = (1, 1.0) if args.quick else (3, 3.0)
     for clients in (50, 500):
         bench_round_trips(clients, seconds, repeats)
-    bench_idle_memory(1_000 if args.quick else min(10_000, hard // 2 - 100))
+    bench_idle_memory(1_000 if args.quick else min(10_000, hard - 500))
     bench_sigterm(100 if args.quick else 1_000)
 
 
