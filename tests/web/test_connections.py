@@ -157,3 +157,21 @@ async def test_a_connection_closed_with_an_error_code_ends_the_session_as_error(
             await ws.close(code=1011, reason="client crashed")
         archives = await server.wait_for_archives("alice")
         assert [(a.end_reason, a.message_count) for a in archives] == [("error", 2)]
+
+
+async def test_sse_reply_client_leaving_mid_reply_cancels_the_model(live: LiveFactory) -> None:
+    """A POST /chat SSE client that goes away mid-reply stops the model; the reply is kept."""
+    async with live(chat_model="echo?delay=0.05") as server:
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            stream = aconnect_sse(
+                http, "POST", "/chat", json={"message": LONG}, headers=dict(ALICE)
+            )
+            async with stream as source:
+                events = source.aiter_sse()
+                assert json.loads((await anext(events)).data)["type"] == "response"
+        await asyncio.sleep(0.3)
+        dialog = await server.store().load_current("alice")
+        assert dialog is not None
+        _user, reply = dialog.messages
+        assert reply.interrupted
+        assert len(reply.content) < len(f"echo: {LONG}") / 2

@@ -70,7 +70,7 @@ async def test_reply_in_flight_at_shutdown_is_stored(live: LiveFactory) -> None:
 
 
 async def test_sigterm_to_a_real_process_archives_everything_and_exits_0(tmp_path: Path) -> None:
-    """SIGTERM: WebSockets closed with 1001, every session archived (shutdown), exit 0."""
+    """SIGTERM: 1001 to WebSockets, every session archived (shutdown), exit 0; one start line."""
     data_dir = tmp_path / "data"
     with serve_process(data_dir, "--shutdown-grace", "3") as process:
         url = f"ws://127.0.0.1:{process.port}/ws"
@@ -92,6 +92,12 @@ async def test_sigterm_to_a_real_process_archives_everything_and_exits_0(tmp_pat
         code = await asyncio.to_thread(process.wait, 15)
         assert code == 0
         assert time.monotonic() - started < 10
+        assert process.popen.stdout is not None
+        log = process.popen.stdout.read()
+        assert f"listening on http://127.0.0.1:{process.port}" in log
+        assert f"data dir {data_dir}" in log
+        assert "model echo" in log
+        assert "auth dev" in log
     store = YamlDialogStore(data_dir)
     for user in ("alice", "bob", "carol"):
         archives = await store.list_archives(user)
