@@ -27,7 +27,7 @@ from chatsession.models.base import ChatModel
 from chatsession.settings import Settings
 from chatsession.storage import open_store
 from chatsession.storage.base import DialogStore
-from chatsession.web import dialogs, health, http_chat, sse, ws
+from chatsession.web import dialogs, health, http_chat, page, sse, ws
 from chatsession.web._state import WebState
 from chatsession.web.auth import Authenticator
 from chatsession.web.channels import Channels
@@ -89,7 +89,7 @@ def create_app(
         redoc_url=None,
         openapi_url=None,
     )
-    for module in (ws, http_chat, sse, dialogs, health):
+    for module in (ws, http_chat, sse, dialogs, health, page):
         app.include_router(module.router)
     app.add_exception_handler(ChatSessionError, _error_response)  # type: ignore[arg-type]
     app.add_middleware(SessionHeaderMiddleware)
