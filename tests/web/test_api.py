@@ -100,3 +100,19 @@ def test_serve_has_a_flag_for_every_setting() -> None:
     ).stdout
     for variable in environment_variables():
         assert f"${variable}" in serve_help, variable
+
+
+async def test_archive_ids_cannot_reach_outside_the_users_archive(live: LiveFactory) -> None:
+    """An archive id that is a path (../, encoded or not) is simply not found."""
+    async with live() as server, httpx.AsyncClient(base_url=server.url) as http:
+        await http.post("/chat", json={"message": "hi"}, headers=ALICE)
+        for archive_id in ("..%2Fcurrent", "..%2F..%2F..%2Fbob%2Fdialogs%2Fcurrent", "%2E%2E"):
+            reply = await http.get(f"/dialogs/{archive_id}", headers=ALICE)
+            assert reply.status_code == 404, archive_id
+            deleted = await http.delete(f"/dialogs/{archive_id}", headers=ALICE)
+            assert deleted.status_code == 404, archive_id
+        deleted = await http.delete("/dialogs/current", headers=ALICE)
+        assert deleted.status_code == 404  # the current dialog is not an archive
+        dialog = await server.store().load_current("alice")
+        assert dialog is not None
+        assert len(dialog.messages) == 2

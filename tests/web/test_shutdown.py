@@ -134,3 +134,26 @@ async def test_kill_9_then_restart_recovers_the_dialogs(tmp_path: Path) -> None:
                 ]
         process.signal(signal.SIGTERM)
         assert await asyncio.to_thread(process.wait, 15) == 0
+
+
+async def test_a_second_signal_exits_at_once_and_the_next_start_recovers(tmp_path: Path) -> None:
+    """A second SIGTERM during a slow shutdown exits 1 at once; the next start recovers."""
+    data_dir = tmp_path / "data"
+    with serve_process(data_dir, "--model", "echo?delay=0.5", "--shutdown-grace", "30") as process:
+        url = f"ws://127.0.0.1:{process.port}/ws"
+        async with connect(url, additional_headers={"x-user-id": "alice"}) as ws:
+            await ws.recv()
+            await ws.send(json.dumps({"text": "a reply that takes many seconds " * 3}))
+            assert json.loads(await ws.recv())["type"] == "response"
+            started = time.monotonic()
+            process.signal(signal.SIGTERM)
+            await asyncio.sleep(0.5)
+            process.signal(signal.SIGTERM)
+            assert await asyncio.to_thread(process.wait, 10) == 1
+            assert time.monotonic() - started < 5
+    with serve_process(data_dir) as process:
+        async with httpx.AsyncClient(base_url=process.url) as http:
+            listing = (await http.get("/dialogs", headers={"x-user-id": "alice"})).json()
+        assert [a["endReason"] for a in listing["archives"]] == ["recovered"]
+        process.signal(signal.SIGTERM)
+        assert await asyncio.to_thread(process.wait, 15) == 0

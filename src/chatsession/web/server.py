@@ -3,7 +3,8 @@
 uvicorn's own shutdown closes WebSockets with 1012 and, after a signal, re-raises it so
 the process dies by it. `ChatUvicornServer` runs `Drain` first (archive every session as
 ``shutdown``, close WebSockets with 1001, end SSE streams) and handles SIGTERM and SIGINT
-itself, so a signalled server exits 0. A second signal forces the exit.
+itself, so a signalled server exits 0. A second signal exits at once (code 1); the next
+start recovers the dialogs that were not archived yet.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import sys
@@ -63,11 +65,14 @@ class ChatUvicornServer(uvicorn.Server):
                 loop.remove_signal_handler(sig)
 
     def _signalled(self) -> None:
-        if self.should_exit:
-            self.force_exit = True
-        else:
+        if not self.should_exit:
             logger.info("shutting down: archiving every session")
             self.should_exit = True
+            return
+        # A second signal: the operator will not wait. Dialogs not archived yet stay in
+        # current.yaml, whole, and the next start archives them as ``recovered``.
+        logger.warning("forced exit: the next start recovers dialogs not yet archived")
+        os._exit(1)
 
 
 def build_server(settings: Settings) -> ChatUvicornServer:
