@@ -185,3 +185,30 @@ async def test_cors_only_for_configured_origins(live: LiveFactory) -> None:
     async with live() as server, httpx.AsyncClient(base_url=server.url) as http:
         plain = await http.get("/health", headers={"origin": "https://app.example"})
         assert "access-control-allow-origin" not in plain.headers
+
+
+async def test_a_client_far_ahead_of_its_replies_gets_429_frames(live: LiveFactory) -> None:
+    """Frames sent while 32 already wait are refused with 429; the rest are answered whole."""
+    async with (
+        live(chat_model="echo?delay=0.01", rate_limit=0) as server,
+        connect(server.ws_url, additional_headers=ALICE) as ws,
+    ):
+        await ws.recv()
+        for i in range(60):
+            await ws.send(json.dumps({"text": f"m{i}"}))
+        done = refused = 0
+        while done + refused < 60:
+            frame = await next_frame(ws)
+            if frame["type"] == "done":
+                done += 1
+            elif frame["type"] == "error":
+                assert frame["status"] == 429
+                assert "too many messages waiting" in frame["message"]
+                refused += 1
+        assert refused > 0
+        assert done >= 33
+        dialog = await server.store().load_current("alice")
+        assert dialog is not None
+        assert len(dialog.messages) == 2 * done
+        assert not any(m.interrupted for m in dialog.messages)
+        assert await chat_over(ws, "still here") == "echo: still here"

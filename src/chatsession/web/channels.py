@@ -6,13 +6,12 @@ import asyncio
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+
+from chatsession.web.protocol import Frame
 
 __all__ = ["Channels"]
 
 logger = logging.getLogger("chatsession.web")
-
-Frame = dict[str, Any]
 
 
 class Channels:

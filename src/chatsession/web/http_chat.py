@@ -18,15 +18,13 @@ from chatsession._exceptions import ChatSessionError, ModelOutputError, PayloadT
 from chatsession.web._race import race
 from chatsession.web._state import WebState, identify, requested_session_id, web_state
 from chatsession.web.auth import Identity
-from chatsession.web.protocol import ChatRequest, error_frame, parse_chat_body
+from chatsession.web.protocol import ChatRequest, Frame, error_frame, parse_chat_body
 from chatsession.web.replies import reply_frames
 from chatsession.web.sse import EventStream, Opener
 
 __all__ = ["router"]
 
 router = APIRouter()
-
-Frame = dict[str, Any]
 
 
 @router.post("/chat")

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 from chatsession._exceptions import BadRequest, InvalidRequest, PayloadTooLarge, RequestError
 from chatsession.domain import Chunk, Reasoning, SessionEvent
 
 __all__ = [
     "ChatRequest",
+    "Frame",
     "PingRequest",
     "chunk_frame",
     "error_frame",
@@ -27,7 +28,8 @@ __all__ = [
     "parse_ws_frame",
 ]
 
-Frame = dict[str, Any]
+# A frame as the server sends it: a JSON object with a "type".
+Frame: TypeAlias = dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,15 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from typing import Any
 
 from chatsession.web._state import WebState
 from chatsession.web.auth import Identity
-from chatsession.web.protocol import ChatRequest, chunk_frame
+from chatsession.web.protocol import ChatRequest, Frame, chunk_frame
 
 __all__ = ["reply_frames"]
-
-Frame = dict[str, Any]
 
 
 async def reply_frames(

@@ -15,7 +15,6 @@ import contextlib
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
-from typing import Any
 
 from fastapi import APIRouter, Request
 from sse_starlette import ServerSentEvent
@@ -26,12 +25,12 @@ from chatsession._exceptions import ChatSessionError, PermissionDenied, RequestE
 from chatsession.web._race import race
 from chatsession.web._state import WebState, identify, requested_session_id, web_state
 from chatsession.web.auth import Identity
+from chatsession.web.protocol import Frame
 
 __all__ = ["EventStream", "router"]
 
 router = APIRouter()
 
-Frame = dict[str, Any]
 # Opens the stream's resources and yields (session id, frames); entered when the response runs.
 Opener = Callable[[], AbstractAsyncContextManager[tuple[str, AsyncIterator[Frame]]]]
 
