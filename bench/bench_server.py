@@ -7,6 +7,8 @@ measured in the same run as the chat server, so the ratio compares like with lik
 
 1. Chat round trips per second over WebSocket (echo model, batched fsync) at 50 and 500
    concurrent connections, against a bare Starlette WebSocket echo server; p50 and p99.
+   Two more lines show where the difference goes: the bare server answering with a chat
+   reply's three frames, and the chat server keeping dialogs in memory.
 2. Memory per idle WebSocket connection (each its own user and session) with 10,000 held.
 3. SIGTERM with 1,000 active sessions: time until the process exits, and how many
    sessions were archived with reason ``shutdown``.
@@ -51,7 +53,19 @@ def _bare_echo_app() -> object:
         except WebSocketDisconnect:
             pass
 
-    return Starlette(routes=[WebSocketRoute("/ws", echo)])
+    async def frames(websocket: WebSocket) -> None:
+        # The frames of a chat reply to "hi", with no session, model or storage behind them.
+        await websocket.accept()
+        try:
+            while True:
+                await websocket.receive_text()
+                await websocket.send_text('{"type":"response","content":"echo: "}')
+                await websocket.send_text('{"type":"response","content":"hi"}')
+                await websocket.send_text('{"type":"done"}')
+        except WebSocketDisconnect:
+            pass
+
+    return Starlette(routes=[WebSocketRoute("/ws", echo), WebSocketRoute("/frames", frames)])
 
 
 def _serve_bare_echo(port: int) -> None:
@@ -69,6 +83,19 @@ def _serve_bare_echo(port: int) -> None:
     )
 
 
+def _serve_chat_in_memory(port: int) -> None:
+    """The chat server with dialogs kept in memory: what storage costs, by difference."""
+    from chatsession import Settings
+    from chatsession.storage import MemoryDialogStore
+    from chatsession.web.app import create_app
+    from chatsession.web.server import build_server
+
+    settings = Settings(host=HOST, port=port, rate_limit=0, max_connections_per_user=100_000)
+    server = build_server(settings)
+    server.config.app = create_app(settings, store=MemoryDialogStore(), drain=server.drain)
+    server.run()
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
@@ -81,6 +108,8 @@ def _server(kind: str, data_dir: Path) -> Iterator[tuple[subprocess.Popen[bytes]
     port = _free_port()
     if kind == "bare":
         command = [sys.executable, "-m", "bench.bench_server", "--serve-bare-echo", str(port)]
+    elif kind == "memory":
+        command = [sys.executable, "-m", "bench.bench_server", "--serve-chat-memory", str(port)]
     else:
         command = [sys.executable, "-m", "chatsession", "serve", "--port", str(port)]
         command += ["--data-dir", str(data_dir), "--rate-limit", "0"]
@@ -117,27 +146,29 @@ async def _open(url: str, user: str, chat: bool) -> ClientConnection:
     return ws
 
 
-async def _round_trip(ws: ClientConnection, chat: bool) -> None:
-    if chat:
-        await ws.send('{"text": "hi"}')
+async def _round_trip(ws: ClientConnection, until_done: bool) -> None:
+    await ws.send('{"text": "hi"}')
+    if until_done:
         while json.loads(await ws.recv())["type"] != "done":
             pass
     else:
-        await ws.send('{"text": "hi"}')
         await ws.recv()
 
 
-async def _load(port: int, clients: int, seconds: float, chat: bool) -> tuple[float, list[float]]:
-    url = f"ws://{HOST}:{port}/ws"
+async def _load(port: int, clients: int, seconds: float, mode: str) -> tuple[float, list[float]]:
+    """Round trips per second and their latencies; ``mode`` is bare, frames or chat."""
+    url = f"ws://{HOST}:{port}/{'frames' if mode == 'frames' else 'ws'}"
+    chat = mode in ("chat", "memory")
+    until_done = mode != "bare"
     sockets = await asyncio.gather(*(_open(url, f"user{i}", chat) for i in range(clients)))
     latencies: list[float] = []
     stop = time.monotonic() + seconds
 
     async def worker(ws: ClientConnection) -> None:
-        await _round_trip(ws, chat)  # warm up
+        await _round_trip(ws, until_done)  # warm up
         while time.monotonic() < stop:
             started = time.perf_counter()
-            await _round_trip(ws, chat)
+            await _round_trip(ws, until_done)
             latencies.append(time.perf_counter() - started)
 
     began = time.monotonic()
@@ -153,25 +184,34 @@ def _percentile(values: list[float], fraction: float) -> float:
 
 
 def bench_round_trips(clients: int, seconds: float, repeats: int) -> None:
-    results: dict[str, list[tuple[float, float, float]]] = {"bare": [], "chat": []}
+    """Chat against bare echo (one frame back) and bare frames (a reply's three frames back)."""
+    modes = ("bare", "frames", "chat", "memory")
+    results: dict[str, list[tuple[float, float, float]]] = {mode: [] for mode in modes}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(repeats):
-            for kind in ("bare", "chat"):
+            for mode in modes:
+                kind = {"frames": "bare"}.get(mode, mode)
                 with _server(kind, Path(tmp) / "data") as (_, port):
-                    rate, latencies = asyncio.run(_load(port, clients, seconds, kind == "chat"))
-                results[kind].append(
+                    rate, latencies = asyncio.run(_load(port, clients, seconds, mode))
+                results[mode].append(
                     (rate, _percentile(latencies, 0.5), _percentile(latencies, 0.99))
                 )
     medians = {
-        kind: tuple(statistics.median(run[i] for run in runs) for i in range(3))
-        for kind, runs in results.items()
+        mode: tuple(statistics.median(run[i] for run in runs) for i in range(3))
+        for mode, runs in results.items()
     }
-    bare, chat = medians["bare"], medians["chat"]
+
+    def describe(mode: str) -> str:
+        rate, p50, p99 = medians[mode]
+        return f"{rate:,.0f}/s (p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms)"
+
+    chat, bare, frames = (medians[mode][0] for mode in ("chat", "bare", "frames"))
     print(
-        f"round trips, {clients} connections: chat {chat[0]:,.0f}/s "
-        f"(p50 {chat[1] * 1000:.1f} ms, p99 {chat[2] * 1000:.1f} ms); bare echo "
-        f"{bare[0]:,.0f}/s (p50 {bare[1] * 1000:.1f} ms, p99 {bare[2] * 1000:.1f} ms); "
-        f"ratio {chat[0] / bare[0]:.0%} (median of {repeats})"
+        f"round trips, {clients} connections (median of {repeats}): chat {describe('chat')}; "
+        f"bare echo {describe('bare')}; bare echo sending a reply's 3 frames "
+        f"{describe('frames')}; chat / bare echo {chat / bare:.0%}, "
+        f"chat / bare 3 frames {chat / frames:.0%}; the same chat server with dialogs in "
+        f"memory instead of YAML files {describe('memory')}"
     )
 
 
@@ -274,10 +314,14 @@ def bench_sigterm(count: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--serve-bare-echo", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-chat-memory", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="smaller counts, one repeat")
     args = parser.parse_args()
     if args.serve_bare_echo:
         _serve_bare_echo(args.serve_bare_echo)
+        return
+    if args.serve_chat_memory:
+        _serve_chat_in_memory(args.serve_chat_memory)
         return
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
