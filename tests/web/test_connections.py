@@ -95,7 +95,7 @@ async def test_post_chat_streams_as_sse_when_asked(live: LiveFactory) -> None:
 
 
 async def test_sse_channel_sends_heartbeats(live: LiveFactory) -> None:
-    """An idle /chat-stream sends a heartbeat frame every HEARTBEAT_INTERVAL."""
+    """An idle /chat-stream sends a heartbeat frame every HEARTBEAT_INTERVAL, and lives on."""
     async with (
         live(heartbeat_interval=0.1) as server,
         httpx.AsyncClient(base_url=server.url) as http,
@@ -104,6 +104,12 @@ async def test_sse_channel_sends_heartbeats(live: LiveFactory) -> None:
         events = source.aiter_sse()
         assert json.loads((await anext(events)).data)["type"] == "session"
         assert json.loads((await anext(events)).data) == {"type": "heartbeat"}
+        assert json.loads((await anext(events)).data) == {"type": "heartbeat"}
+        await http.post("/chat", json={"message": "still there"}, headers=ALICE)
+        frame = json.loads((await anext(events)).data)
+        while frame["type"] != "response":
+            frame = json.loads((await anext(events)).data)
+        assert frame["content"] == "echo: "
 
 
 def _handshake(port: int) -> socket.socket:
@@ -175,3 +181,25 @@ async def test_sse_reply_client_leaving_mid_reply_cancels_the_model(live: LiveFa
         _user, reply = dialog.messages
         assert reply.interrupted
         assert len(reply.content) < len(f"echo: {LONG}") / 2
+
+
+async def test_heartbeats_interleave_with_a_slow_sse_reply(live: LiveFactory) -> None:
+    """Heartbeats fall between the chunks of a slow SSE reply without cutting it short."""
+    async with (
+        live(chat_model="echo?delay=0.25", heartbeat_interval=0.1) as server,
+        httpx.AsyncClient(base_url=server.url) as http,
+    ):
+        stream = aconnect_sse(
+            http, "POST", "/chat", json={"message": "slow one"}, headers=dict(ALICE)
+        )
+        async with stream as source:
+            frames = [json.loads(event.data) async for event in source.aiter_sse()]
+        kinds = [frame["type"] for frame in frames]
+        assert "heartbeat" in kinds
+        assert kinds[-1] == "done"
+        assert "".join(f["content"] for f in frames if f["type"] == "response") == (
+            "echo: slow one"
+        )
+        dialog = await server.store().load_current("alice")
+        assert dialog is not None
+        assert not dialog.messages[-1].interrupted

@@ -74,22 +74,38 @@ class EventStream(Response):
         await _end_body(send)
 
     async def _pump(self, frames: AsyncIterator[Frame], send: Send) -> None:
+        # The next frame is awaited in a task of its own, so that a heartbeat falling due
+        # only waits beside it: cancelling it would end the stream (and cut a reply short).
         interval = self.web.settings.heartbeat_interval
+        upcoming: asyncio.Task[Frame] | None = None
         async with aclosing(frames):  # type: ignore[type-var]  # our generators have aclose
-            while True:
-                try:
-                    async with asyncio.timeout(interval):
-                        frame = await anext(frames)
-                except TimeoutError:
-                    frame = {"type": "heartbeat"}
-                except StopAsyncIteration:
-                    return
-                await self._send(send, frame)
+            try:
+                while True:
+                    if upcoming is None:
+                        upcoming = asyncio.ensure_future(_next(frames))
+                    done, _ = await asyncio.wait([upcoming], timeout=interval)
+                    if not done:
+                        await self._send(send, {"type": "heartbeat"})
+                        continue
+                    next_frame, upcoming = upcoming, None
+                    try:
+                        frame = next_frame.result()
+                    except StopAsyncIteration:
+                        return
+                    await self._send(send, frame)
+            finally:
+                if upcoming is not None:
+                    upcoming.cancel()
+                    await asyncio.gather(upcoming, return_exceptions=True)
 
     @staticmethod
     async def _send(send: Send, frame: Frame) -> None:
         event = ServerSentEvent(data=json.dumps(frame), sep="\n")
         await send({"type": "http.response.body", "body": event.encode(), "more_body": True})
+
+
+async def _next(frames: AsyncIterator[Frame]) -> Frame:
+    return await anext(frames)
 
 
 async def _disconnected(receive: Receive) -> None:

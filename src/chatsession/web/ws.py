@@ -11,7 +11,6 @@ with 1001.
 from __future__ import annotations
 
 import asyncio
-import logging
 from contextlib import aclosing, suppress
 from typing import Any
 
@@ -28,8 +27,6 @@ from chatsession.web.protocol import ChatRequest, PingRequest, error_frame, pars
 from chatsession.web.replies import reply_frames
 
 __all__ = ["router"]
-
-logger = logging.getLogger("chatsession.web")
 
 router = APIRouter()
 
@@ -59,6 +56,8 @@ async def websocket_chat(websocket: WebSocket) -> None:
         await _deny(websocket, exc.status, str(exc))
     except ChatSessionError as exc:  # the server closed between the check and the connect
         await _deny(websocket, 503, str(exc))
+    except (WebSocketDisconnect, OSError):
+        pass  # gone during the handshake: the session machinery has already seen it fail
 
 
 class _PeerGone(Exception):
@@ -67,12 +66,13 @@ class _PeerGone(Exception):
 
 async def _deny(websocket: WebSocket, status: int, message: str) -> None:
     """Refuse the handshake with an HTTP status, where the server supports that."""
-    if websocket.client_state is not WebSocketState.CONNECTING:
-        await websocket.close(1008, message[:120])
-    elif "websocket.http.response" in websocket.scope.get("extensions", {}):
-        await websocket.send_denial_response(JSONResponse({"error": message}, status))
-    else:
-        await websocket.close(1008, message[:120])
+    with suppress(WebSocketDisconnect, OSError, RuntimeError):  # the client may be gone
+        if websocket.client_state is WebSocketState.CONNECTING and (
+            "websocket.http.response" in websocket.scope.get("extensions", {})
+        ):
+            await websocket.send_denial_response(JSONResponse({"error": message}, status))
+        else:
+            await websocket.close(1008, message[:120])
 
 
 class _Conversation:
