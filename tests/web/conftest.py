@@ -55,6 +55,16 @@ class Live:
                 return archives
             await asyncio.sleep(0.02)
 
+    async def wait_for_reply(self, user_id: str) -> Any:
+        """The user's current dialog once it ends with a reply (stored after a cut, too)."""
+        deadline = time.monotonic() + 5
+        while True:
+            dialog = await self.store().load_current(user_id)
+            done = dialog is not None and dialog.messages[-1].role == "assistant"
+            if done or time.monotonic() > deadline:
+                return dialog
+            await asyncio.sleep(0.02)
+
 
 LiveFactory = Callable[..., AbstractAsyncContextManager[Live]]
 

@@ -64,8 +64,7 @@ async def test_http_client_leaving_mid_reply_cancels_the_model(live: LiveFactory
         async with httpx.AsyncClient(base_url=server.url, timeout=0.3) as http:
             with contextlib.suppress(httpx.ReadTimeout):
                 await http.post("/chat", json={"message": LONG}, headers=ALICE)
-        await asyncio.sleep(0.3)
-        dialog = await server.store().load_current("alice")
+        dialog = await server.wait_for_reply("alice")
         assert dialog is not None
         _user, reply = dialog.messages
         assert reply.interrupted
@@ -175,8 +174,7 @@ async def test_sse_reply_client_leaving_mid_reply_cancels_the_model(live: LiveFa
             async with stream as source:
                 events = source.aiter_sse()
                 assert json.loads((await anext(events)).data)["type"] == "response"
-        await asyncio.sleep(0.3)
-        dialog = await server.store().load_current("alice")
+        dialog = await server.wait_for_reply("alice")
         assert dialog is not None
         _user, reply = dialog.messages
         assert reply.interrupted

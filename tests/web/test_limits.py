@@ -190,7 +190,7 @@ async def test_cors_only_for_configured_origins(live: LiveFactory) -> None:
 async def test_a_client_far_ahead_of_its_replies_gets_429_frames(live: LiveFactory) -> None:
     """Frames sent while 32 already wait are refused with 429; the rest are answered whole."""
     async with (
-        live(chat_model="echo?delay=0.01", rate_limit=0) as server,
+        live(chat_model="echo?delay=0.03", rate_limit=0) as server,
         connect(server.ws_url, additional_headers=ALICE) as ws,
     ):
         await ws.recv()

@@ -45,7 +45,9 @@ async def test_page_chats_in_a_browser(live: LiveFactory) -> None:
             await page.fill("#message", "hello from the browser")
             await page.click("#send-button")
             reply = page.locator("#log .assistant")
-            await async_api.expect(reply).to_have_text("echo: hello from the browser")
+            await async_api.expect(reply).to_have_text(
+                "echo: hello from the browser", timeout=20_000
+            )
             await page.close()
         finally:
             await browser.close()
