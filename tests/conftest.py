@@ -25,10 +25,10 @@ def store_kind(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def make_store(store_kind: str, tmp_path: Path) -> Callable[..., DialogStore]:
-    def make(durability: str = "batch") -> DialogStore:
+    def make(settings: Settings) -> DialogStore:
         if store_kind == "memory":
             return MemoryDialogStore()
-        return YamlDialogStore(tmp_path / "data", durability)  # type: ignore[arg-type]
+        return YamlDialogStore(settings.data_dir, settings.durability)
 
     return make
 
@@ -43,7 +43,7 @@ def server(make_store: Callable[..., DialogStore], tmp_path: Path) -> ServerFact
     ) -> AsyncIterator[ChatServer]:
         settings.setdefault("data_dir", tmp_path / "data")
         config = Settings(**settings)
-        chosen_store = store if store is not None else make_store(config.durability)
+        chosen_store = store if store is not None else make_store(config)
         async with ChatServer(config, store=chosen_store, model=model or EchoModel()) as chat:
             yield chat
 

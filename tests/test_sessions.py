@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from chatsession import (
     ChatServer,
     Chunk,
+    InvalidSessionId,
     Message,
     ModelError,
     ModelOutputError,
@@ -20,6 +22,7 @@ from chatsession import (
     Settings,
 )
 from chatsession.models import EchoModel
+from chatsession.storage import MemoryDialogStore
 from tests.conftest import ServerFactory, collect
 
 
@@ -263,17 +266,51 @@ async def test_foreign_model_errors_are_translated(server: ServerFactory) -> Non
 async def test_consumer_that_stops_early_stores_an_interrupted_reply(
     server: ServerFactory,
 ) -> None:
-    """Closing the stream after one chunk stores that chunk, marked interrupted."""
-    async with server() as chat:
-        stream = chat.chat_with_history("ivy", "a b c d")
+    """Closing the stream mid-reply stops the model and stores what it produced, marked."""
+    async with server(model=EchoModel(delay=0.02)) as chat:
+        stream = chat.chat_with_history("ivy", "a b c d e f g h")
         first = await anext(stream)
         assert isinstance(first, str)
         await stream.aclose()  # type: ignore[attr-defined]
         dialog = await chat.get_current_dialog("ivy")
         assert dialog is not None
-        assert dialog.messages[-1] == Message(
-            "assistant", first, dialog.messages[-1].timestamp, interrupted=True
-        )
+        reply = dialog.messages[-1]
+        assert reply.interrupted
+        assert reply.content.startswith(first)
+        assert len(reply.content) < len("echo: a b c d e f g h")
+
+
+async def test_a_fast_reply_is_stored_whole_even_if_unread(server: ServerFactory) -> None:
+    """The reply is produced and stored whether or not the caller reads it all."""
+    async with server() as chat:
+        stream = chat.chat_with_history("ivy", "a b c d")
+        await anext(stream)
+        await asyncio.sleep(0.01)
+        await stream.aclose()  # type: ignore[attr-defined]
+        dialog = await chat.get_current_dialog("ivy")
+        assert dialog is not None
+        assert dialog.messages[-1].content == "echo: a b c d"
+
+
+async def test_calling_into_the_server_while_reading_a_reply_never_deadlocks(
+    server: ServerFactory,
+) -> None:
+    """Ending, starting or connecting between chunks of one's own reply just works."""
+    async with server(model=EchoModel(delay=0.001)) as chat:
+        async for _ in chat.chat_with_history("joy", "a b c"):
+            archive_id = await asyncio.wait_for(chat.end_user_session("joy"), 2)
+            assert archive_id is not None
+            break
+        stream = chat.chat_with_history("kay", "a b c d e")
+
+        async def broken() -> None:
+            async with chat.connect("kay"):
+                async for _ in stream:
+                    raise ConnectionError("peer went away")
+
+        with pytest.raises(ConnectionError):
+            await asyncio.wait_for(broken(), 2)
+        assert await chat.get_user_session_info("kay") is None
 
 
 async def test_cancelled_chat_stores_what_was_produced(server: ServerFactory) -> None:
@@ -311,3 +348,72 @@ async def test_concurrent_chats_of_one_user_are_served_in_order(server: ServerFa
         for i in range(5):
             expected += [f"m{i} x y z", f"echo: m{i} x y z"]
         assert [m.content for m in dialog.messages] == expected
+
+
+async def test_debug_session_logs(server: ServerFactory, caplog: pytest.LogCaptureFixture) -> None:
+    """DEBUG=session:* logs each session's start and end."""
+    caplog.set_level("DEBUG", logger="chatsession.sessions")
+    async with server(debug="session:*") as chat:
+        await chat.start_user_session("zed")
+        await chat.end_user_session("zed")
+    assert "started for 'zed'" in caplog.text
+    assert "of 'zed' ended (manual)" in caplog.text
+
+
+@pytest.mark.parametrize("session_id", ["", "has space", "x" * 129, "new\nline", "../x"])
+async def test_unacceptable_session_ids_are_refused(server: ServerFactory, session_id: str) -> None:
+    """A client-chosen session id must be short and plain; it lands in files and headers."""
+    async with server() as chat:
+        with pytest.raises(InvalidSessionId, match="session id"):
+            await chat.start_user_session("alice", session_id)
+        assert await chat.get_active_session_count() == 0
+
+
+async def test_a_failing_background_task_never_stops_the_server(server: ServerFactory) -> None:
+    """An end triggered in the background that fails is logged; the server runs on."""
+
+    class BrokenArchive(MemoryDialogStore):
+        async def archive_current(self, user_id: str, **kwargs: Any) -> str | None:
+            raise RuntimeError("bug in a store")
+
+    async with server(store=BrokenArchive(), disconnect_grace=0.01) as chat:
+        async with chat.connect("ann"):
+            await collect(chat, "ann", "hi")
+        await asyncio.sleep(0.05)
+        assert await collect(chat, "ann", "still here") == "echo: still here"
+
+
+async def test_shutdown_waits_for_replies_then_cancels_past_the_grace(
+    server: ServerFactory, tmp_path: Path
+) -> None:
+    """A reply still streaming at shutdown gets SHUTDOWN_GRACE, then is stored interrupted.
+
+    The caller is told with ServerClosedError; its own task is never cancelled.
+    """
+    data = tmp_path / "grace"
+    outcome: list[str] = []
+    streaming = asyncio.Event()
+
+    async def slow_chat(chat: ChatServer) -> None:
+        try:
+            async for _ in chat.chat_with_history("kit", "w " * 1000):
+                streaming.set()
+        except ServerClosedError as exc:
+            outcome.append(str(exc))
+
+    loop = asyncio.get_running_loop()
+    async with server(model=EchoModel(delay=0.01), shutdown_grace=0.1, data_dir=data) as chat:
+        task = asyncio.create_task(slow_chat(chat))
+        await streaming.wait()
+        started = loop.time()
+    assert loop.time() - started < 2
+    await task
+    assert outcome == ["The server shut down before the reply finished."]
+    async with server(data_dir=data) as chat:
+        archives = await chat.list_archives("kit")
+        if archives:  # the memory store forgets with its server
+            [summary] = archives
+            assert summary.end_reason == "shutdown"
+            reply = (await chat.get_archive("kit", summary.archive_id)).messages[-1]
+            assert reply.interrupted
+            assert reply.content.startswith("echo: w w")

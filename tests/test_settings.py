@@ -52,7 +52,7 @@ def test_environment_uses_milliseconds_for_the_guides_names() -> None:
         ("DURABILITY", "sometimes", "expected one of always, batch, never"),
         ("DISCONNECT_GRACE", "soon", "DISCONNECT_GRACE='soon'"),
         ("DISCONNECT_GRACE", "nan", "finite number of seconds"),
-        ("CHAT_MODEL", "", "CHAT_MODEL"),
+        ("DATA_DIR", "memory://", "DATA_DIR='memory://' is not accepted: expected a directory"),
     ],
 )
 def test_a_bad_value_names_the_variable_and_what_it_accepts(
@@ -115,3 +115,10 @@ def test_bad_server_settings_are_named(environ: dict[str, str], expected: str) -
     """A bad server setting fails at start with a message naming it."""
     with pytest.raises(ConfigError, match=re.escape(expected)):
         Settings.from_env(environ)
+
+
+def test_empty_variables_mean_the_default() -> None:
+    """VAR= (set but empty, as compose files do) is the same as unset."""
+    settings = Settings.from_env({"AUTO_ARCHIVE_ON_DISCONNECT": "", "CHAT_MODEL": " "})
+    assert settings.auto_archive_on_disconnect is True
+    assert settings.chat_model == "echo"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -139,3 +140,19 @@ def test_hand_written_unquoted_timestamps_are_accepted() -> None:
     assert isinstance(dialog, Dialog)
     assert dialog.messages[0].content == "42"
     assert dialog.started_at == T0.replace(minute=25)
+
+
+def test_fast_record_writer_round_trips_any_text() -> None:
+    """Records written without PyYAML read back exactly, for thousands of tricky texts."""
+    rng = random.Random(1)
+    alphabet = "aZ09 :#-'\"!?,.{}[]&*|>%@`~\\/=+;$^()_\t\nüé中\x85\u2028"
+    samples = ["yes", "No", "null", "~", "y", "on", "- x", "a: b", "a #b", "x ", " x", "", "1"]
+    samples += [
+        "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12))) for _ in range(5000)
+    ]
+    for text in samples:
+        message = Message("user", text, T0, reasoning=text, error=text or None)
+        record = fmt.dump_message(message)
+        parsed = fmt.parse_dialog(fmt.dump_header("a", "s", T0) + record, PATH)
+        assert parsed.messages == [message], repr(text)
+        assert yaml.safe_load(record) == yaml.safe_load(fmt._dump([fmt._message_mapping(message)]))

@@ -5,6 +5,8 @@ from chatsession._exceptions import (
     ConfigError,
     CorruptDialogError,
     DialogNotFound,
+    InvalidMessage,
+    InvalidSessionId,
     InvalidUserId,
     ModelError,
     ModelOutputError,
@@ -14,6 +16,7 @@ from chatsession._exceptions import (
     StorageError,
     StorageFullError,
 )
+from chatsession._state import Connection
 from chatsession.chatserver import ChatServer
 from chatsession.domain import (
     ArchiveSummary,
@@ -25,7 +28,6 @@ from chatsession.domain import (
     SessionInfo,
 )
 from chatsession.models.base import ChatModel
-from chatsession.sessions import Connection
 from chatsession.settings import Settings
 from chatsession.storage.base import DialogStore
 
@@ -43,6 +45,8 @@ __all__ = [
     "Dialog",
     "DialogNotFound",
     "DialogStore",
+    "InvalidMessage",
+    "InvalidSessionId",
     "InvalidUserId",
     "Message",
     "ModelError",

@@ -7,7 +7,9 @@ caller never has to catch another library's exceptions::
     ChatSessionError
     ├── ConfigError              a setting has a value it cannot accept
     ├── InvalidUserId            a user id that cannot name a directory safely
+    ├── InvalidMessage           a message that is not storable text
     ├── SessionError
+    │   ├── InvalidSessionId     a client-chosen session id that is not acceptable
     │   └── ServerClosedError    the ChatServer is not running (not entered, or closed)
     ├── StorageError             reading or writing a dialog failed
     │   ├── CorruptDialogError   a dialog file does not parse; names the file
@@ -36,7 +38,9 @@ __all__ = [
     "ConfigError",
     "CorruptDialogError",
     "DialogNotFound",
+    "InvalidMessage",
     "InvalidRequest",
+    "InvalidSessionId",
     "InvalidUserId",
     "ModelError",
     "ModelOutputError",
@@ -64,8 +68,16 @@ class InvalidUserId(ChatSessionError, ValueError):
     """A user id that is empty, too long, or holds control characters."""
 
 
+class InvalidMessage(ChatSessionError, ValueError):
+    """A message that is not text, or not valid Unicode."""
+
+
 class SessionError(ChatSessionError):
     """A session operation that cannot be carried out."""
+
+
+class InvalidSessionId(SessionError, ValueError):
+    """A client-chosen session id that is empty, too long, or has unusual characters."""
 
 
 class ServerClosedError(SessionError, RuntimeError):

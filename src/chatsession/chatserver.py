@@ -11,12 +11,13 @@ from types import TracebackType
 from typing import Any, Self
 
 from chatsession._exceptions import ServerClosedError
-from chatsession._types import EndReason, EventHandler
+from chatsession._state import Connection
+from chatsession._types import END_REASONS, EndReason, EventHandler
 from chatsession.domain import ArchiveSummary, Chunk, Dialog, SessionInfo
 from chatsession.events import EventEmitter
 from chatsession.models import load_model
 from chatsession.models.base import ChatModel
-from chatsession.sessions import Connection, SessionManager
+from chatsession.sessions import SessionManager
 from chatsession.settings import Settings
 from chatsession.storage import open_store
 from chatsession.storage._paths import check_user_id
@@ -30,6 +31,7 @@ logger = logging.getLogger("chatsession")
 class _State(enum.Enum):
     UNOPENED = "unopened"
     RUNNING = "running"
+    CLOSING = "closing"  # refusing new work, finishing what runs: background tasks still start
     CLOSED = "closed"
 
 
@@ -79,7 +81,7 @@ class ChatServer:
     # -- running ---------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        if self._state is _State.RUNNING:
+        if self._state in (_State.RUNNING, _State.CLOSING):
             raise RuntimeError("Cannot enter a ChatServer that is already running.")
         if self._state is _State.CLOSED:
             raise RuntimeError("Cannot reopen a ChatServer once it has been closed.")
@@ -111,20 +113,25 @@ class ChatServer:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Archive every session (``shutdown``), stop background work, flush. Idempotent."""
+        """Archive every session (``shutdown``), stop background work, flush. Idempotent.
+
+        Replies still streaming get ``shutdown_grace`` seconds, then are cancelled; event
+        handlers of the last sessions get what is left of a second grace period.
+        """
         if self._state is not _State.RUNNING:
-            self._state = _State.CLOSED
+            if self._state is _State.UNOPENED:
+                self._state = _State.CLOSED
             return
-        self._state = _State.CLOSED
+        self._state = _State.CLOSING
         for task in getattr(self, "_background", ()):
             task.cancel()
         try:
             await self._sessions.shutdown()
-        finally:
-            # Handlers of the last events get the rest of the grace period, then are cancelled.
             pending = [task for task in self._tasks if not task.done()]
             if pending:
                 await asyncio.wait(pending, timeout=self.settings.shutdown_grace)
+        finally:
+            self._state = _State.CLOSED
             for task in self._tasks:
                 task.cancel()
             self._events.bind(None)
@@ -141,9 +148,12 @@ class ChatServer:
         return self._state is _State.RUNNING
 
     def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        if self._task_group is None or self._state is not _State.RUNNING:
+        if self._task_group is None or self._state not in (_State.RUNNING, _State.CLOSING):
             coroutine.close()
             raise ServerClosedError("The ChatServer is not running: use 'async with'.")
+        # A child that raised would make the TaskGroup cancel the task that entered the
+        # server (the application itself), so every coroutine spawned here logs its own
+        # failures: the sweeper, the flusher, background ends and event handlers all do.
         task = self._task_group.create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -162,6 +172,8 @@ class ChatServer:
             raise ServerClosedError(
                 "The ChatServer is not running: enter it with 'async with' first."
                 if self._state is _State.UNOPENED
+                else "The ChatServer is shutting down."
+                if self._state is _State.CLOSING
                 else "The ChatServer has been closed."
             )
 
@@ -184,9 +196,12 @@ class ChatServer:
         """End ``user_id``'s session; return the archive id, or None if nothing was archived.
 
         However many ends race for one session, it is archived once and ``session_ended``
-        fires once; every caller gets the same archive id.
+        fires once; calls that overlap all get the same archive id, and a call made after
+        the session ended gets None.
         """
         check_user_id(user_id)
+        if reason not in END_REASONS:
+            raise ValueError(f"reason must be one of {', '.join(sorted(END_REASONS))}")
         return await self._sessions.end(user_id, reason)
 
     async def get_user_session_info(self, user_id: str) -> SessionInfo | None:

@@ -47,21 +47,27 @@ class EventEmitter:
         return bool(self._handlers[event])
 
     def emit(self, event: str, *args: Any) -> None:
-        for handler in self._handlers[event]:
+        # A copy: a handler may remove itself (or others) while this runs.
+        for handler in tuple(self._handlers[event]):
             try:
                 result = handler(*args)
             except Exception:
                 logger.exception("%s handler %r failed", event, handler)
                 continue
             if inspect.isawaitable(result):
-                coroutine = _guarded(event, handler, result)
-                if self._spawn is None:
-                    coroutine.close()
-                    if inspect.iscoroutine(result):
-                        result.close()
-                    logger.warning("%s handler %r not run: the server is closed", event, handler)
-                else:
-                    self._spawn(coroutine)
+                self._run(event, handler, result)
+
+    def _run(self, event: str, handler: EventHandler, awaitable: Any) -> None:
+        coroutine = _guarded(event, handler, awaitable)
+        try:
+            if self._spawn is None:
+                raise RuntimeError("the server is closed")
+            self._spawn(coroutine)
+        except Exception as exc:
+            coroutine.close()
+            if inspect.iscoroutine(awaitable):
+                awaitable.close()
+            logger.warning("%s handler %r not run: %s", event, handler, exc)
 
     def _handlers_for(self, event: str) -> list[EventHandler]:
         try:

@@ -1,6 +1,6 @@
 """The session lifecycle: start, activity, connections, chat turns, end, expiry.
 
-It knows no transport. Per user it keeps one `_Session` while a session is active, a count
+It knows no transport. Per user it keeps one `Session` while a session is active, a count
 of open connections, and, while anything is in progress for that user, a lock.
 
 The lock is the whole concurrency story. Every change to a user's session and dialog —
@@ -10,7 +10,13 @@ message that races an ending session is stored whole before the archive is taken
 in the archive) or after (it starts the next session's dialog). Each end trigger (close,
 error, timeout, shutdown, explicit) names the session it means to end and ends it only if
 it is still the current one, so however many race, one archive and one ``session_ended``
-result.
+result. The steps that change storage and state together run to completion even when
+their caller is cancelled, so a cancellation never leaves the two disagreeing.
+
+A chat turn runs as a task the manager owns, not in the caller's task: it holds the lock,
+stores both messages and hands chunks to the caller through a queue. A caller that stops
+reading, or calls into the manager between chunks, therefore never holds the lock, and
+shutdown can cancel every turn still running once its grace period is over.
 
 Expiry costs what expires: sessions without connections sit in an ordered dict by last
 activity (a touch moves one to the end), so a sweep reads from the front and stops at the
@@ -22,22 +28,24 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
-import uuid
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
-from contextlib import aclosing, asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from chatsession._exceptions import (
     ChatSessionError,
+    InvalidMessage,
+    InvalidSessionId,
     ModelError,
     ModelOutputError,
     ServerClosedError,
-    StorageError,
 )
+from chatsession._state import Connection, Session, UserLock
 from chatsession._types import EndReason
 from chatsession.domain import Chunk, Message, Reasoning, SessionEvent, SessionInfo
 from chatsession.events import EventEmitter
@@ -46,96 +54,48 @@ from chatsession.settings import Settings
 from chatsession.storage._paths import check_user_id
 from chatsession.storage.base import DialogStore
 
-__all__ = ["Connection", "SessionManager"]
+__all__ = ["SessionManager"]
 
 logger = logging.getLogger("chatsession.sessions")
 
+T = TypeVar("T")
+Spawn = Callable[[Coroutine[Any, Any, Any]], "asyncio.Task[Any]"]
 
-class _Session:
-    """One active session. Small on purpose: an idle session costs a few hundred bytes."""
-
-    __slots__ = ("archive_id", "last_seen", "messages", "session_id", "started_at", "user_id")
-
-    def __init__(self, user_id: str, session_id: str) -> None:
-        self.user_id = user_id
-        self.session_id = session_id
-        self.started_at = time.time()
-        self.last_seen = time.monotonic()
-        self.messages: list[Message] | None = None  # None until the first message
-        self.archive_id: str | None = None  # set when the session has ended
-
-    def info(self, connections: int) -> SessionInfo:
-        last_activity = time.time() - (time.monotonic() - self.last_seen)
-        return SessionInfo(
-            user_id=self.user_id,
-            session_id=self.session_id,
-            started_at=self.started_at_utc,
-            last_activity=datetime.fromtimestamp(max(last_activity, self.started_at), UTC),
-            is_active=self.archive_id is None,
-            connections=connections,
-        )
-
-    @property
-    def started_at_utc(self) -> datetime:
-        return datetime.fromtimestamp(self.started_at, UTC)
-
-
-class _UserLock:
-    __slots__ = ("lock", "users")
-
-    def __init__(self) -> None:
-        self.lock = asyncio.Lock()
-        self.users = 0
+_SESSION_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+_YIELD_EVERY = 64  # long sweeps and shutdowns let other work run between this many ends
 
 
 @dataclass(slots=True)
-class Connection:
-    """One open connection of a user, as `SessionManager.connect` hands it out.
+class _TurnEnd:
+    """The last item a turn puts on its queue: how it ended."""
 
-    A transport calls `fail` when the connection broke rather than closed; the session then
-    ends with reason ``error`` instead of ``disconnect``.
-    """
-
-    user_id: str
-    session_id: str
-    failed: bool = False
-
-    def fail(self) -> None:
-        self.failed = True
+    error: BaseException | None = None
 
 
 class SessionManager:
     """Holds every user's session; see the module docstring for how it stays consistent."""
 
     def __init__(
-        self,
-        settings: Settings,
-        store: DialogStore,
-        model: ChatModel,
-        events: EventEmitter,
+        self, settings: Settings, store: DialogStore, model: ChatModel, events: EventEmitter
     ) -> None:
         self.settings = settings
         self.store = store
         self.model = model
         self.events = events
-        self._sessions: dict[str, _Session] = {}
+        self._sessions: dict[str, Session] = {}
         self._idle: OrderedDict[str, None] = OrderedDict()  # unconnected, oldest activity first
         self._connections: dict[str, int] = {}
-        self._locks: dict[str, _UserLock] = {}
+        self._locks: dict[str, UserLock] = {}
         self._grace_timers: dict[str, asyncio.TimerHandle] = {}
-        self._turns: dict[str, asyncio.Task[Any]] = {}
-        self._spawn: Any = None
+        self._turns: set[asyncio.Task[None]] = set()
+        self._spawn: Spawn | None = None
         self._closing = False
 
-    # -- lifecycle of the manager ----------------------------------------------------
+    # -- the manager's own lifecycle ---------------------------------------------------
 
-    def bind(self, spawn: Any) -> None:
-        """Give the manager its task owner: ``spawn(coroutine)`` runs a background task."""
+    def bind(self, spawn: Spawn | None) -> None:
+        """Give the manager its task owner: ``spawn(coroutine)`` starts an owned task."""
         self._spawn = spawn
-
-    @property
-    def closing(self) -> bool:
-        return self._closing
 
     async def recover(self) -> int:
         """Archive dialogs a previous run left current (reason ``recovered``)."""
@@ -143,7 +103,7 @@ class SessionManager:
         for user_id in await self.store.users_with_current():
             try:
                 archive_id = await self.store.recover_current(user_id, ended_at=_now())
-            except StorageError as exc:
+            except Exception as exc:  # one unreadable dialog must not stop the others
                 logger.error("could not recover the dialog of %r: %s", user_id, exc)
                 continue
             if archive_id is not None:
@@ -161,53 +121,66 @@ class SessionManager:
                 logger.exception("the expiry sweep failed; it runs again next interval")
 
     async def shutdown(self) -> None:
-        """Archive every session with reason ``shutdown``.
+        """Archive every session with reason ``shutdown``, within about twice the grace.
 
-        Replies in flight get ``shutdown_grace`` seconds to finish, then are cancelled
-        (their partial replies are stored, marked interrupted).
+        Replies in flight get ``shutdown_grace`` seconds to finish; then every turn still
+        running or waiting is cancelled (a partial reply is stored, marked interrupted).
         """
         self._closing = True
         for timer in self._grace_timers.values():
             timer.cancel()
         self._grace_timers.clear()
-        sessions = list(self._sessions.values())
-        if not sessions:
+        if not self._sessions and not self._turns:
             return
-        ending = asyncio.ensure_future(self._end_all(sessions))
-        done, _ = await asyncio.wait([ending], timeout=self.settings.shutdown_grace)
+        ending = asyncio.ensure_future(self._end_all())
+        grace = self.settings.shutdown_grace
+        done, _ = await asyncio.wait([ending], timeout=grace)
         if not done:
-            logger.warning("cancelling %d replies still streaming at shutdown", len(self._turns))
-            for task in list(self._turns.values()):
-                task.cancel()
-        await ending
+            logger.warning("cancelling %d replies still running at shutdown", len(self._turns))
+            for turn in list(self._turns):
+                turn.cancel()
+            done, _ = await asyncio.wait([ending], timeout=max(grace, 1.0))
+        if not done:
+            logger.error("shutdown gave up waiting; unarchived dialogs are recovered at start")
+            ending.cancel()
+            await asyncio.wait([ending])
 
-    async def _end_all(self, sessions: list[_Session]) -> None:
-        # Concurrently, so a user whose reply is still streaming holds up no one else.
-        await asyncio.gather(*(self._end_logged(s, "shutdown") for s in sessions))
+    async def _end_all(self) -> None:
+        busy: list[Session] = []
+        for count, session in enumerate(list(self._sessions.values()), 1):
+            if session.user_id in self._locks:
+                busy.append(session)  # waits for its reply in a task of its own, below
+            else:
+                await self._end_logged(session, "shutdown")
+            if count % _YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+        await asyncio.gather(*(self._end_logged(s, "shutdown") for s in busy))
+        if self._turns:  # turns queued behind others find the server closing; let them finish
+            await asyncio.wait(list(self._turns))
 
-    # -- sessions --------------------------------------------------------------------
+    # -- sessions ----------------------------------------------------------------------
 
     def __len__(self) -> int:
         return len(self._sessions)
-
-    def __contains__(self, user_id: object) -> bool:
-        return user_id in self._sessions
 
     def info(self, user_id: str) -> SessionInfo | None:
         session = self._sessions.get(user_id)
         if session is None:
             return None
-        return session.info(self._connections.get(user_id, 0))
+        return session.info(self._connections.get(user_id, 0), active=True)
 
     def infos(self) -> list[SessionInfo]:
-        return [s.info(self._connections.get(s.user_id, 0)) for s in self._sessions.values()]
+        return [self._info(s) for s in self._sessions.values()]
+
+    def _info(self, session: Session) -> SessionInfo:
+        return session.info(self._connections.get(session.user_id, 0), active=True)
 
     async def start(self, user_id: str, session_id: str | None = None) -> SessionInfo:
         check_user_id(user_id)
         async with self._locked(user_id):
             session = self._current_or_new(user_id, session_id)
             self._touch(session)
-            return session.info(self._connections.get(user_id, 0))
+            return self._info(session)
 
     def touch(self, user_id: str) -> bool:
         session = self._sessions.get(user_id)
@@ -225,28 +198,34 @@ class SessionManager:
     async def sweep(self) -> int:
         """End every unconnected session idle past the timeout; return how many ended."""
         deadline = time.monotonic() - self.settings.session_timeout
-        expired: list[_Session] = []
+        expired: list[Session] = []
         for user_id in self._idle:
             session = self._sessions[user_id]
             if session.last_seen > deadline:
                 break
             expired.append(session)
         ended = 0
-        for session in expired:
+        for count, session in enumerate(expired, 1):
             if session.user_id in self._locks:
                 self._touch(session)  # a reply is streaming or being stored: not idle
             elif await self._end_logged(session, "timeout"):
                 ended += 1
+            if count % _YIELD_EVERY == 0:
+                await asyncio.sleep(0)
         return ended
 
-    def _current_or_new(self, user_id: str, session_id: str | None) -> _Session:
+    def _current_or_new(self, user_id: str, session_id: str | None) -> Session:
         """The user's session, or a new one (the caller holds the user's lock)."""
         session = self._sessions.get(user_id)
         if session is not None:
             return session
         if self._closing:
             raise ServerClosedError("Cannot start a session: the server is shutting down.")
-        session = _Session(user_id, session_id or uuid.uuid4().hex)
+        if session_id is not None and not _SESSION_ID.fullmatch(session_id):
+            raise InvalidSessionId(
+                "a session id must be 1 to 128 letters, digits or '_.:-' characters"
+            )
+        session = Session(user_id, session_id)
         self._sessions[user_id] = session
         if user_id not in self._connections:
             self._idle[user_id] = None
@@ -255,39 +234,60 @@ class SessionManager:
         self._emit_event("session_started", session)
         return session
 
-    def _touch(self, session: _Session) -> None:
+    def _touch(self, session: Session) -> None:
         session.last_seen = time.monotonic()
         if session.user_id in self._idle:
             self._idle.move_to_end(session.user_id)
 
-    async def _end_logged(self, session: _Session, reason: EndReason) -> bool:
+    async def _end_logged(self, session: Session, reason: EndReason) -> bool:
+        """End ``session`` for a trigger with no caller to raise to; True if it ended."""
         try:
-            await self._end(session, reason)
+            await self._end(session, reason, still_due=True)
         except ChatSessionError as exc:
+            # The dialog stays current; the next sweep, or the next start, tries again.
             logger.error("could not end the session of %r (%s): %s", session.user_id, reason, exc)
-            return False
-        return True
+        except Exception:
+            logger.exception("could not end the session of %r (%s)", session.user_id, reason)
+        return self._sessions.get(session.user_id) is not session
 
-    async def _end(self, session: _Session, reason: EndReason) -> str | None:
-        """End ``session`` if it is still its user's current one; exactly once."""
+    async def _end(
+        self, session: Session, reason: EndReason, *, still_due: bool = False
+    ) -> str | None:
+        """End ``session`` if it is still its user's current one; exactly once.
+
+        With ``still_due`` (the background triggers), the reason is checked again once the
+        lock is held, since things may have changed while the trigger waited for it: a
+        ``timeout`` ends only a session still idle, a ``disconnect`` or ``error`` only one
+        with no connection open.
+        """
         user_id = session.user_id
         async with self._locked(user_id):
             if self._sessions.get(user_id) is not session:
                 return session.archive_id  # ended already, by whichever trigger came first
-            if reason in ("disconnect", "error") and user_id in self._connections:
-                return None  # a new connection came in while this end waited for the lock
-            archive_id = None
-            if session.messages:
-                archive_id = await self.store.archive_current(
-                    user_id, ended_at=_now(), reason=reason
-                )
-            del self._sessions[user_id]
-            self._idle.pop(user_id, None)
-            timer = self._grace_timers.pop(user_id, None)
-            if timer is not None:
-                timer.cancel()
-            session.archive_id = archive_id
-            session.messages = None
+            if still_due and not self._still_due(session, reason):
+                return None
+            return await _complete(self._close(session, reason))
+
+    def _still_due(self, session: Session, reason: EndReason) -> bool:
+        if reason in ("disconnect", "error", "timeout") and session.user_id in self._connections:
+            return False
+        return reason != "timeout" or session.idle_for() >= self.settings.session_timeout
+
+    async def _close(self, session: Session, reason: EndReason) -> str | None:
+        """Archive the dialog and forget the session, as one step."""
+        archive_id = None
+        if session.messages:
+            archive_id = await self.store.archive_current(
+                session.user_id, ended_at=_now(), reason=reason
+            )
+        user_id = session.user_id
+        del self._sessions[user_id]
+        self._idle.pop(user_id, None)
+        timer = self._grace_timers.pop(user_id, None)
+        if timer is not None:
+            timer.cancel()
+        session.archive_id = archive_id
+        session.messages = None
         logger.debug("session %s of %r ended (%s)", session.session_id, user_id, reason)
         self.events.emit("session_ended", user_id, archive_id)
         self._emit_event("session_ended", session, reason=reason, archive_id=archive_id)
@@ -296,7 +296,7 @@ class SessionManager:
     def _emit_event(
         self,
         kind: str,
-        session: _Session,
+        session: Session,
         *,
         reason: EndReason | None = None,
         archive_id: str | None = None,
@@ -311,7 +311,7 @@ class SessionManager:
     async def _locked(self, user_id: str) -> AsyncIterator[None]:
         entry = self._locks.get(user_id)
         if entry is None:
-            entry = self._locks[user_id] = _UserLock()
+            entry = self._locks[user_id] = UserLock()
         entry.users += 1
         try:
             async with entry.lock:
@@ -321,20 +321,19 @@ class SessionManager:
             if not entry.users:
                 del self._locks[user_id]
 
-    # -- connections -----------------------------------------------------------------
+    def _start_task(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        if self._spawn is None:
+            coroutine.close()
+            raise ServerClosedError("The ChatServer is not running.")
+        return self._spawn(coroutine)
+
+    # -- connections -------------------------------------------------------------------
 
     @asynccontextmanager
     async def connect(
         self, user_id: str, session_id: str | None = None
     ) -> AsyncIterator[Connection]:
-        """Hold one connection of ``user_id`` open for the ``async with`` block.
-
-        The session (started if there is none) does not expire while any connection of its
-        user is open. When the last one closes, the session ends — ``error`` if the block
-        raised or `Connection.fail` was called, else ``disconnect`` — after
-        ``disconnect_grace`` seconds in which a new connection keeps it; with
-        ``auto_archive_on_disconnect`` off, only the inactivity timeout ends it.
-        """
+        """Hold one connection of ``user_id`` open; see `ChatServer.connect`."""
         check_user_id(user_id)
         async with self._locked(user_id):
             session = self._current_or_new(user_id, session_id)
@@ -378,53 +377,79 @@ class SessionManager:
             return
         await self._end_logged(session, reason)
 
-    def _grace_expired(self, session: _Session, reason: EndReason) -> None:
+    def _grace_expired(self, session: Session, reason: EndReason) -> None:
         self._grace_timers.pop(session.user_id, None)
-        if session.user_id not in self._connections:
-            self._run(self._end_logged(session, reason))
+        if session.user_id not in self._connections and self._spawn is not None:
+            self._start_task(self._end_logged(session, reason))
 
-    def _run(self, coroutine: Coroutine[Any, Any, Any]) -> None:
-        if self._spawn is None:
-            coroutine.close()
-            raise ServerClosedError("The server is not running.")
-        self._spawn(coroutine)
-
-    # -- chat ------------------------------------------------------------------------
+    # -- chat --------------------------------------------------------------------------
 
     async def chat(
         self, user_id: str, text: str, *, json_output: bool = False, reasoning_enabled: bool = False
-    ) -> AsyncIterator[Chunk]:
+    ) -> AsyncGenerator[Chunk, None]:
         """Store ``text``, stream the model's reply, store the reply; see ChatServer."""
         check_user_id(user_id)
-        if not isinstance(text, str):
-            raise TypeError(f"text must be a str, got {type(text).__name__}")
-        if self._closing:
-            raise ServerClosedError("Cannot chat: the server is shutting down.")
-        async with self._locked(user_id):
-            session = self._current_or_new(user_id, None)
-            task = asyncio.current_task()
-            if task is not None:
-                self._turns[user_id] = task
-            try:
+        _check_text(text)
+        replies: asyncio.Queue[Chunk | _TurnEnd] = asyncio.Queue()
+        turn = self._start_task(self._turn(user_id, text, json_output, reasoning_enabled, replies))
+        self._turns.add(turn)
+
+        def finished(task: asyncio.Task[None]) -> None:
+            self._turns.discard(task)
+            if task.cancelled():  # by shutdown, perhaps before it ever ran
+                closed = ServerClosedError("The server shut down before the reply finished.")
+                replies.put_nowait(_TurnEnd(closed))
+
+        turn.add_done_callback(finished)
+        try:
+            while True:
+                item = await replies.get()
+                if isinstance(item, _TurnEnd):
+                    if item.error is not None:
+                        raise item.error
+                    return
+                yield item
+        finally:
+            if not turn.done():
+                # The caller left mid-reply: stop the model, and let the partial reply be
+                # stored before the caller goes on.
+                turn.cancel()
+                await asyncio.wait([turn])
+
+    async def _turn(
+        self,
+        user_id: str,
+        text: str,
+        json_output: bool,
+        reasoning: bool,
+        replies: asyncio.Queue[Chunk | _TurnEnd],
+    ) -> None:
+        error: BaseException | None = None
+        try:
+            async with self._locked(user_id):
+                if self._closing:
+                    raise ServerClosedError("Cannot chat: the server is shutting down.")
+                session = self._current_or_new(user_id, None)
                 await self._store(session, Message("user", text))
-                history = list(session.messages or ())
-                reply = self._reply(session, history, json_output, reasoning_enabled)
-                async with aclosing(reply):  # closed here, not whenever it is collected
-                    async for chunk in reply:
-                        yield chunk
-            finally:
-                self._turns.pop(user_id, None)
+                async for chunk in self._reply(session, json_output, reasoning):
+                    replies.put_nowait(chunk)
+        except Exception as exc:
+            error = exc
+        replies.put_nowait(_TurnEnd(error))
 
     async def _reply(
-        self, session: _Session, history: list[Message], json_output: bool, reasoning: bool
+        self, session: Session, json_output: bool, reasoning: bool
     ) -> AsyncGenerator[Chunk, None]:
         answer: list[str] = []
         thinking: list[str] = []
         finished = False
         error: str | None = None
+        # The model reads the dialog itself, not a copy: copying would make each turn cost
+        # more as the dialog grows. Nothing changes it until the reply is stored.
+        history = session.messages or []
         stream = self.model.stream(history, json_output=json_output, reasoning_enabled=reasoning)
         try:
-            async with aclosing(stream):  # type: ignore[type-var]  # AsyncIterator has aclose
+            try:
                 async for chunk in stream:
                     if isinstance(chunk, Reasoning):
                         thinking.append(chunk.text)
@@ -432,6 +457,10 @@ class SessionManager:
                         answer.append(chunk)
                     self._touch(session)
                     yield chunk
+            finally:
+                close = getattr(stream, "aclose", None)
+                if close is not None:
+                    await close()
             finished = True
             if json_output:
                 error = _json_error("".join(answer))
@@ -443,33 +472,68 @@ class SessionManager:
             if answer or thinking or finished:
                 reply = Message(
                     "assistant",
-                    "".join(answer),
+                    _storable("".join(answer)),
                     interrupted=not finished,
-                    reasoning="".join(thinking) if thinking else None,
+                    reasoning=_storable("".join(thinking)) if thinking else None,
                     error=error,
                 )
                 await self._store(session, reply)
         if error is not None:
             raise ModelOutputError(f"the model was asked for JSON but its reply is {error}")
 
-    async def _store(self, session: _Session, message: Message) -> None:
-        first = session.messages is None
-        try:
-            await self.store.append(
-                session.user_id, session.session_id, session.started_at_utc, message, first=first
-            )
-        except asyncio.CancelledError:
-            # A store finishes a write it has begun even when cancelled (the DialogStore
-            # contract): the message is stored, and the cancellation goes on after.
-            self._remember(session, message)
-            raise
-        self._remember(session, message)
+    async def _store(self, session: Session, message: Message) -> None:
+        """Store ``message`` and remember it, as one step; only a stored one is remembered."""
+        await _complete(self._store_now(session, message))
 
-    def _remember(self, session: _Session, message: Message) -> None:
+    async def _store_now(self, session: Session, message: Message) -> None:
+        first = session.messages is None
+        await self.store.append(
+            session.user_id, session.session_id, session.started_at_utc, message, first=first
+        )
         if session.messages is None:
             session.messages = []
         session.messages.append(message)
         self._touch(session)
+
+
+async def _complete(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run ``coroutine`` to its end even if the caller is cancelled meanwhile.
+
+    The cancellation is passed on once the coroutine is done, so the caller still stops,
+    but never between a write and the bookkeeping that records it.
+    """
+    task = asyncio.ensure_future(coroutine)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        while not task.done():
+            try:
+                await asyncio.wait([task])
+            except asyncio.CancelledError:
+                continue
+        if not task.cancelled():
+            task.exception()  # retrieved: the caller is being cancelled, not told of it
+        raise
+
+
+def _check_text(text: object) -> None:
+    if not isinstance(text, str):
+        raise InvalidMessage(f"a message must be text, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidMessage(
+            "a message must be valid Unicode text (it has a lone surrogate)"
+        ) from None
+
+
+def _storable(text: str) -> str:
+    """Model output as UTF-8 can store it: a stray surrogate becomes U+FFFD."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return text
 
 
 def _json_error(text: str) -> str | None:

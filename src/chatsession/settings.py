@@ -103,6 +103,11 @@ class Settings:
     ws_ping_timeout: float = 20.0
 
     def __post_init__(self) -> None:
+        if "://" in str(self.data_dir):
+            raise ConfigError(
+                f"data_dir must be a directory, got {str(self.data_dir)!r}; to keep dialogs "
+                "elsewhere, pass a store to ChatServer (chatsession.storage.open_store)"
+            )
         object.__setattr__(self, "data_dir", Path(self.data_dir))
         for name in ("session_timeout", "session_check_interval", "fsync_interval"):
             if not getattr(self, name) > 0:
@@ -158,8 +163,8 @@ class Settings:
         values: dict[str, Any] = {}
         for variable, (field_name, parse) in _ENVIRONMENT.items():
             raw = env.get(variable)
-            if raw is None:
-                continue
+            if raw is None or not raw.strip():
+                continue  # unset and set-but-empty both mean the default
             try:
                 values[field_name] = parse(raw.strip())
             except ValueError as exc:
@@ -207,6 +212,12 @@ def _durability(raw: str) -> Durability:
     return cast(Durability, lowered)
 
 
+def _directory(raw: str) -> Path:
+    if "://" in raw:
+        raise ValueError("expected a directory, not a URL")
+    return Path(raw)
+
+
 def _nonempty(raw: str) -> str:
     if not raw:
         raise ValueError("expected a non-empty value")
@@ -245,7 +256,7 @@ def _names(raw: str) -> tuple[str, ...]:
 
 
 _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
-    "DATA_DIR": ("data_dir", lambda raw: Path(_nonempty(raw))),
+    "DATA_DIR": ("data_dir", lambda raw: _directory(raw)),
     "SESSION_TIMEOUT": ("session_timeout", _milliseconds),
     "SESSION_CHECK_INTERVAL": ("session_check_interval", _milliseconds),
     "AUTO_ARCHIVE_ON_DISCONNECT": ("auto_archive_on_disconnect", _boolean),

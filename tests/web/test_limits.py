@@ -53,6 +53,7 @@ async def assert_dialog_intact(server: Live, user_id: str, texts: list[str]) -> 
         ),
         (json.dumps({"type": "subscribe", "text": "hi"}), 400, "unknown message type 'subscribe'"),
         (json.dumps({"text": "x" * 2000}), 413, "over the limit of 1024"),
+        (json.dumps({"text": "\ud800"}), 422, "lone surrogate"),
     ],
 )
 async def test_bad_websocket_frames_get_an_error_frame(
@@ -97,6 +98,7 @@ async def test_frame_over_the_hard_limit_closes_with_1009(live: LiveFactory) -> 
         (json.dumps({"text": "wrong field"}).encode(), 422, "'message' must be a string"),
         (json.dumps({"message": "hi", "reasoningEnabled": 1}).encode(), 422, "reasoningEnabled"),
         (json.dumps({"message": "x" * 2000}).encode(), 413, "over the limit of 1024"),
+        (json.dumps({"message": "\ud800"}).encode(), 422, "lone surrogate"),
     ],
 )
 async def test_bad_http_bodies_get_a_clear_status(

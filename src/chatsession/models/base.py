@@ -14,7 +14,8 @@ class ChatModel(Protocol):
     """Streams a reply to a conversation.
 
     ``stream`` receives the history to answer, oldest first, ending with the user's new
-    message, and yields the reply as `Chunk` values: ``str`` for the answer, `Reasoning`
+    message (the live dialog: read it, do not keep or change it), and yields the reply as
+    `Chunk` values: ``str`` for the answer, `Reasoning`
     for the model's thinking (only when ``reasoning_enabled``). Messages' ``reasoning`` is
     never to be sent back to the model. Errors are raised as `ModelError`. Closing the
     iterator early (``aclose``) must stop the generation.

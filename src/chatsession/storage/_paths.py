@@ -28,7 +28,11 @@ def check_user_id(user_id: object) -> str:
         raise InvalidUserId(f"a user id must be a string, got {type(user_id).__name__}")
     if not user_id:
         raise InvalidUserId("a user id must not be empty")
-    if len(user_id.encode("utf-8", "surrogatepass")) > MAX_USER_ID_BYTES:
+    try:
+        encoded = user_id.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidUserId("a user id must be valid Unicode text") from None
+    if len(encoded) > MAX_USER_ID_BYTES:
         raise InvalidUserId(f"a user id must be at most {MAX_USER_ID_BYTES} bytes long")
     if _CONTROL.search(user_id):
         raise InvalidUserId("a user id must not contain control characters")
@@ -39,7 +43,7 @@ def directory_name(user_id: str) -> str:
     """The directory name for a valid user id: the id itself, or its ``~`` encoding."""
     if _PLAIN.fullmatch(check_user_id(user_id)):
         return user_id
-    encoded = base64.b32encode(user_id.encode("utf-8", "surrogatepass"))
+    encoded = base64.b32encode(user_id.encode("utf-8"))
     return "~" + encoded.decode("ascii").rstrip("=").lower()
 
 
@@ -51,6 +55,6 @@ def user_id_from_directory(name: str) -> str | None:
         return None
     body = name[1:].upper()
     try:
-        return base64.b32decode(body + "=" * (-len(body) % 8)).decode("utf-8", "surrogatepass")
+        return base64.b32decode(body + "=" * (-len(body) % 8)).decode("utf-8")
     except ValueError:
         return None

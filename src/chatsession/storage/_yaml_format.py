@@ -42,7 +42,10 @@ _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _BaseDumper: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 _ROLES = frozenset(("system", "user", "assistant"))
 _RECORD_START = re.compile(r"^-", re.MULTILINE)
-_TOP_LEVEL_KEY = re.compile(r"^[a-z_]+:", re.MULTILINE)
+_TOP_LEVEL_LINE = re.compile(r"^[^\s-]", re.MULTILINE)  # after the records: the trailer
+# What a YAML loader raises besides YAMLError on input it cannot take (an impossible date
+# such as 2024-13-01 is a ValueError; absurd nesting is a RecursionError).
+_LOAD_ERRORS = (yaml.YAMLError, ValueError, TypeError, RecursionError)
 
 
 class _Dumper(_BaseDumper):  # type: ignore[misc,valid-type]  # the C dumper is untyped
@@ -82,11 +85,41 @@ def dump_header(user_id: str, session_id: str, started_at: datetime) -> str:
 
 
 def dump_message(message: Message) -> str:
-    return _dump([_message_mapping(message)])
+    """One ``- `` record. Messages are written on every turn, so the common case — short
+    single-line ASCII text — is written directly; anything else goes through PyYAML."""
+    mapping = _message_mapping(message)
+    lines = []
+    for key, value in mapping.items():
+        scalar = "true" if value is True else _simple_scalar(value)
+        if scalar is None:
+            return _dump([mapping])
+        lines.append(f"{key}: {scalar}\n")
+    return "- " + "  ".join(lines)
+
+
+# Text YAML reads back as the same string when written plain: a letter first, no
+# characters that YAML gives a meaning to, no trailing space, and not a YAML 1.1 boolean
+# or null word.
+_PLAIN = re.compile(
+    r"[A-Za-z][A-Za-z0-9 ,.!?()/_+=;$%^*'\"-]*[A-Za-z0-9,.!?()/_+=;$%^*'\"-]|[A-Za-z]"
+)
+_NOT_PLAIN = frozenset(("yes", "no", "y", "n", "true", "false", "on", "off", "null"))
+_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
+
+
+def _simple_scalar(value: object) -> str | None:
+    """``value`` as a one-line YAML scalar, or None when PyYAML should write it."""
+    if not isinstance(value, str):
+        return None
+    if _PLAIN.fullmatch(value) and value.lower() not in _NOT_PLAIN:
+        return value
+    if _PRINTABLE_ASCII.fullmatch(value):
+        return "'" + value.replace("'", "''") + "'"  # single quotes escape only themselves
+    return None
 
 
 def dump_trailer(ended_at: datetime, reason: EndReason) -> str:
-    return _dump({"ended_at": ended_at.isoformat(), "end_reason": reason})
+    return f"ended_at: '{ended_at.isoformat()}'\nend_reason: {reason}\n"
 
 
 def dump_dialog(dialog: Dialog) -> str:
@@ -106,7 +139,7 @@ def parse_dialog(text: str, path: Path) -> Dialog:
     text = text.rstrip("\x00")  # a crash may leave a zero-filled tail behind the last write
     try:
         document = yaml.load(text, Loader=_Loader)  # the safe C loader
-    except yaml.YAMLError:
+    except _LOAD_ERRORS:
         document = None
     if isinstance(document, dict) and text.endswith("\n"):
         records = document.get("messages")
@@ -136,7 +169,7 @@ def _parse_record_by_record(text: str, path: Path) -> Dialog:
     for index, start in enumerate(starts):
         end = starts[index + 1] if index + 1 < len(starts) else len(text)
         chunk = text[start:end]
-        trailer_at = _TOP_LEVEL_KEY.search(chunk)
+        trailer_at = _TOP_LEVEL_LINE.search(chunk)
         if trailer_at is not None:
             chunk, trailer = chunk[: trailer_at.start()], chunk[trailer_at.start() :]
         records.append(chunk)
@@ -146,7 +179,7 @@ def _parse_record_by_record(text: str, path: Path) -> Dialog:
         try:
             parsed = yaml.load(chunk, Loader=_Loader)
             whole = chunk.endswith("\n") and isinstance(parsed, list) and _is_whole(parsed)
-        except yaml.YAMLError:
+        except _LOAD_ERRORS:
             whole = False
         if whole:
             messages.extend(parsed)
@@ -156,24 +189,38 @@ def _parse_record_by_record(text: str, path: Path) -> Dialog:
             raise CorruptDialogError(path, f"message {index + 1} is not a readable message")
     header["messages"] = messages
     if trailer:
-        try:
-            header.update(_load_mapping(trailer, path))
-        except CorruptDialogError:
+        ending = _whole_trailer(trailer)
+        if ending is None:
             logger.warning("%s: dropped a torn end-of-session record", path)
+        else:
+            header.update(ending)
     return _dialog_from_mapping(header, path)
+
+
+def _whole_trailer(text: str) -> dict[str, Any] | None:
+    """The ``ended_at``/``end_reason`` lines, or None if a crash tore them."""
+    if not text.endswith("\n"):
+        return None
+    try:
+        document = yaml.load(text, Loader=_Loader)
+    except _LOAD_ERRORS:
+        return None
+    if not isinstance(document, dict) or document.get("end_reason") not in END_REASONS:
+        return None
+    return document
 
 
 def _load_mapping(text: str, path: Path) -> dict[str, Any]:
     try:
         document = yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError as exc:
+    except _LOAD_ERRORS as exc:
         raise CorruptDialogError(path, f"not valid YAML ({_first_line(exc)})") from exc
     if not isinstance(document, dict):
         raise CorruptDialogError(path, "expected a YAML mapping with user_id and messages")
     return document
 
 
-def _first_line(exc: yaml.YAMLError) -> str:
+def _first_line(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 

@@ -38,6 +38,7 @@ from typing import TypeVar
 from chatsession._exceptions import (
     CorruptDialogError,
     DialogNotFound,
+    InvalidUserId,
     StorageError,
     StorageFullError,
 )
@@ -65,6 +66,7 @@ class YamlDialogStore:
 
     def __init__(self, data_dir: Path | str, durability: Durability = "batch") -> None:
         self.root = Path(data_dir)
+        self._users = str(self.root / "users")
         self.durability = durability
         self._unsynced: set[str] = set()  # files and directories waiting for a batched fsync
         self._closed = False
@@ -84,13 +86,15 @@ class YamlDialogStore:
         *,
         first: bool = False,
     ) -> None:
-        directory = self.dialogs_dir(user_id)
         record = fmt.dump_message(message).encode("utf-8")
         if first:
+            directory = self.dialogs_dir(user_id)
             header = fmt.dump_header(user_id, session_id, started_at).encode("utf-8")
             await self._run(lambda: self._create(directory, header + record))
         else:
-            await self._run(lambda: self._append(directory, record))
+            # The hot path: a plain string path, cheaper to build than a Path.
+            path = f"{self._users}/{directory_name(user_id)}/dialogs/{CURRENT}"
+            await self._run(lambda: self._append(path, record))
 
     async def archive_current(
         self, user_id: str, *, ended_at: datetime, reason: EndReason
@@ -133,8 +137,7 @@ class YamlDialogStore:
             await asyncio.wait([future])
             raise
 
-    def _append(self, directory: Path, record: bytes) -> None:
-        path = directory / CURRENT
+    def _append(self, path: str, record: bytes) -> None:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         except OSError as exc:
@@ -144,15 +147,15 @@ class YamlDialogStore:
         finally:
             os.close(fd)
 
-    def _append_to(self, fd: int, path: Path, data: bytes) -> int:
+    def _append_to(self, fd: int, path: Path | str, data: bytes) -> int:
         """Append ``data`` whole or not at all; return the length before it."""
         length = os.fstat(fd).st_size
         try:
             _write_all(fd, data)
+            self._synced(fd, path)
         except OSError as exc:
-            os.ftruncate(fd, length)  # never leave a partial record behind
+            os.ftruncate(fd, length)  # never leave a partial (or unsynced) record behind
             raise _storage_error(exc, path) from exc
-        self._synced(fd, path)
         return length
 
     def _create(self, directory: Path, content: bytes) -> None:
@@ -160,7 +163,8 @@ class YamlDialogStore:
         path = directory / CURRENT
         temporary = directory / (CURRENT + ".new")
         try:
-            (directory / ARCHIVED).mkdir(parents=True, exist_ok=True)
+            if not directory.exists():
+                self._make_directories(directory)
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             try:
                 _write_all(fd, content)
@@ -178,6 +182,14 @@ class YamlDialogStore:
         if self.durability == "batch":
             self._unsynced.add(str(path))
         self._directory_changed(directory)
+
+    def _make_directories(self, directory: Path) -> None:
+        """Create a user's directories; their new names are made durable like files."""
+        (directory / ARCHIVED).mkdir(parents=True, exist_ok=True)
+        parent = directory
+        while parent != self.root and self.root in parent.parents:
+            self._directory_changed(parent.parent)
+            parent = parent.parent
 
     def _set_aside_leftover(self, directory: Path) -> None:
         now = datetime.now(UTC)
@@ -217,15 +229,20 @@ class YamlDialogStore:
             # The data still waits for its fsync; reach it by its new name.
             self._unsynced.discard(str(path))
             self._unsynced.add(str(archived / f"{archive_id}.yaml"))
+        archive = archived / f"{archive_id}.yaml"
         try:
+            self._directory_changed(archived)  # the archive's name is durable first
             path.unlink()
         except OSError as exc:
+            archive.unlink(missing_ok=True)  # still current, so not archived as well
             raise _storage_error(exc, path) from exc
-        self._directory_changed(directory / ARCHIVED)
-        self._directory_changed(directory)
+        try:
+            self._directory_changed(directory)
+        except OSError as exc:  # archived all the same; only its durability is in doubt
+            logger.error("fsync of %s failed after archiving: %s", directory, exc.strerror)
         return archive_id
 
-    def _synced(self, fd: int, path: Path) -> None:
+    def _synced(self, fd: int, path: Path | str) -> None:
         if self.durability == "always":
             os.fsync(fd)
         elif self.durability == "batch":
@@ -267,9 +284,11 @@ class YamlDialogStore:
         except FileNotFoundError:
             return users
         for entry in entries:
-            user_id = user_id_from_directory(entry.name)
-            if user_id is not None and os.path.exists(os.path.join(entry.path, "dialogs", CURRENT)):
-                users.append(user_id)
+            if not _is_user_directory(entry.name):
+                logger.warning("ignoring %s: not a directory name chatsession makes", entry.path)
+                continue
+            if os.path.exists(os.path.join(entry.path, "dialogs", CURRENT)):
+                users.append(user_id_from_directory(entry.name) or "")
         return users
 
     def _archive_path(self, user_id: str, archive_id: str) -> Path:
@@ -292,7 +311,10 @@ class YamlDialogStore:
     def _recover(self, directory: Path, ended_at: datetime) -> str | None:
         path = directory / CURRENT
         (directory / (CURRENT + ".tmp")).unlink(missing_ok=True)
+        new = directory / (CURRENT + ".new")
         try:
+            if new.exists() and os.path.samefile(new, path):
+                new.unlink()  # a crash inside _create, after its link: the dialog is current
             if os.stat(path).st_nlink > 1:  # archived already; the unlink did not happen
                 path.unlink()
                 return None
@@ -362,7 +384,10 @@ def _load(path: Path) -> Dialog:
 
 def _summaries(directory: Path) -> list[ArchiveSummary]:
     try:
-        names = sorted(name for name in os.listdir(directory) if name.endswith(".yaml"))
+        names = sorted(
+            (name for name in os.listdir(directory) if name.endswith(".yaml")),
+            key=_archive_order,
+        )
     except FileNotFoundError:
         return []
     summaries: list[ArchiveSummary] = []
@@ -390,6 +415,23 @@ def _summaries(directory: Path) -> list[ArchiveSummary]:
     return summaries
 
 
+def _archive_order(name: str) -> tuple[str, int]:
+    """Archives in time order: ``...-00-2`` before ``...-00-10``."""
+    stem = name.removesuffix(".yaml")
+    base, _, suffix = stem[:19], stem[19:20], stem[20:]
+    return base, int(suffix) if suffix.isdigit() else 0
+
+
+def _is_user_directory(name: str) -> bool:
+    user_id = user_id_from_directory(name)
+    if user_id is None:
+        return False
+    try:
+        return directory_name(user_id) == name
+    except InvalidUserId:
+        return False
+
+
 def _sync_paths(paths: set[str]) -> None:
     if len(paths) > _SYNC_ALL_THRESHOLD:
         os.sync()
@@ -415,7 +457,7 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def _storage_error(exc: OSError, path: Path) -> StorageError:
+def _storage_error(exc: OSError, path: Path | str) -> StorageError:
     if exc.errno in _FULL_DISK:
         return StorageFullError(f"{path}: the disk is full ({exc.strerror}); nothing was stored")
     return StorageError(f"{path}: {exc.strerror or exc}")

@@ -15,12 +15,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatsession._exceptions import (
     ChatSessionError,
-    DialogNotFound,
-    InvalidUserId,
-    ModelError,
-    RequestError,
-    ServerClosedError,
-    StorageFullError,
 )
 from chatsession.chatserver import ChatServer
 from chatsession.models.base import ChatModel
@@ -33,7 +27,7 @@ from chatsession.web.auth import Authenticator
 from chatsession.web.channels import Channels
 from chatsession.web.limits import ConnectionSlots, RateLimiter
 from chatsession.web.metrics import Metrics, TimedStore
-from chatsession.web.protocol import event_frame
+from chatsession.web.protocol import event_frame, status_of
 from chatsession.web.shutdown import Drain
 
 __all__ = ["create_app"]
@@ -105,22 +99,10 @@ def create_app(
     return app
 
 
-_STATUS: tuple[tuple[type[ChatSessionError], int], ...] = (
-    (DialogNotFound, 404),
-    (InvalidUserId, 400),
-    (StorageFullError, 507),
-    (ServerClosedError, 503),
-    (ModelError, 502),
-)
-
-
 async def _error_response(request: Request, exc: ChatSessionError) -> Response:
-    if isinstance(exc, RequestError):
-        status = exc.status
-    else:
-        status = next((code for kind, code in _STATUS if isinstance(exc, kind)), 500)
-        if status == 500:
-            logger.error("request %s %s failed: %s", request.method, request.url.path, exc)
+    status = status_of(exc)
+    if status == 500:
+        logger.error("request %s %s failed: %s", request.method, request.url.path, exc)
     return JSONResponse({"error": str(exc)}, status_code=status)
 
 

@@ -14,7 +14,20 @@ import json
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
-from chatsession._exceptions import BadRequest, InvalidRequest, PayloadTooLarge, RequestError
+from chatsession._exceptions import (
+    BadRequest,
+    ChatSessionError,
+    DialogNotFound,
+    InvalidMessage,
+    InvalidRequest,
+    InvalidSessionId,
+    InvalidUserId,
+    ModelError,
+    PayloadTooLarge,
+    RequestError,
+    ServerClosedError,
+    StorageFullError,
+)
 from chatsession.domain import Chunk, Reasoning, SessionEvent
 
 __all__ = [
@@ -26,7 +39,19 @@ __all__ = [
     "event_frame",
     "parse_chat_body",
     "parse_ws_frame",
+    "status_of",
 ]
+
+# The HTTP status of each error of the core, most specific first; anything else is 500.
+_STATUS: tuple[tuple[type[ChatSessionError], int], ...] = (
+    (DialogNotFound, 404),
+    (InvalidUserId, 400),
+    (InvalidSessionId, 400),
+    (InvalidMessage, 422),
+    (StorageFullError, 507),
+    (ServerClosedError, 503),
+    (ModelError, 502),
+)
 
 # A frame as the server sends it: a JSON object with a "type".
 Frame: TypeAlias = dict[str, Any]
@@ -97,10 +122,17 @@ def chunk_frame(chunk: Chunk) -> Frame:
     return {"type": "response", "content": chunk}
 
 
+def status_of(exc: ChatSessionError) -> int:
+    """The HTTP status that reports ``exc`` to a client."""
+    if isinstance(exc, RequestError):
+        return exc.status
+    return next((status for kind, status in _STATUS if isinstance(exc, kind)), 500)
+
+
 def error_frame(exc: BaseException | str, status: int | None = None) -> Frame:
     message = exc if isinstance(exc, str) else str(exc)
-    if status is None and isinstance(exc, RequestError):
-        status = exc.status
+    if status is None and isinstance(exc, ChatSessionError):
+        status = status_of(exc)
     frame: Frame = {"type": "error", "message": message}
     if status is not None:
         frame["status"] = status

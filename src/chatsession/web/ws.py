@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from chatsession._exceptions import ChatSessionError, RequestError
-from chatsession.sessions import Connection
+from chatsession._state import Connection
 from chatsession.web._race import race
 from chatsession.web._state import WebState, identify, requested_session_id, web_state
 from chatsession.web.auth import Identity

@@ -1,0 +1,70 @@
+"""The chatsession command reads archives: a table of them, and one as YAML."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from chatsession import ChatServer, Settings
+from chatsession.cli import main
+from tests.conftest import collect
+
+
+@pytest.fixture
+async def archived(tmp_path: Path) -> str:
+    async with ChatServer(Settings(data_dir=tmp_path)) as chat:
+        await collect(chat, "alice", "hello there")
+        archive_id = await chat.end_user_session("alice", reason="timeout")
+    assert archive_id is not None
+    return archive_id
+
+
+def test_dialogs_lists_archives(
+    archived: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """dialogs USER prints id, start, end, message count and reason."""
+    assert main(["dialogs", "alice", "--data-dir", str(tmp_path)]) == 0
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split() == ["ARCHIVE", "STARTED", "ENDED", "MESSAGES", "REASON"]
+    assert row.split()[0] == archived
+    assert row.split()[-2:] == ["2", "timeout"]
+
+
+def test_show_prints_the_archive_as_yaml(
+    archived: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """show USER ID prints the dialog as YAML a person (or a program) can read."""
+    assert main(["show", "alice", archived, "--data-dir", str(tmp_path)]) == 0
+    document = yaml.safe_load(capsys.readouterr().out)
+    assert [m["content"] for m in document["messages"]] == ["hello there", "echo: hello there"]
+    assert document["end_reason"] == "timeout"
+
+
+def test_unknown_archive_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A missing archive exits 1 with a one-line message, no traceback."""
+    assert main(["show", "alice", "2024-01-01-00-00-00", "--data-dir", str(tmp_path)]) == 1
+    assert "has no archive '2024-01-01-00-00-00'" in capsys.readouterr().err
+
+
+def test_user_without_archives(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A user with nothing archived gets a sentence, not an empty table."""
+    assert main(["dialogs", "nobody", "--data-dir", str(tmp_path)]) == 0
+    assert "no archived dialogs for 'nobody'" in capsys.readouterr().out
+
+
+def test_console_script_runs(archived: str, tmp_path: Path) -> None:
+    """The installed entry point works as a real process, reading DATA_DIR."""
+    result = subprocess.run(
+        [sys.executable, "-m", "chatsession.cli", "dialogs", "alice"],
+        capture_output=True,
+        text=True,
+        env={"DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        check=True,
+    )
+    assert archived in result.stdout
