@@ -81,7 +81,7 @@ async def test_frame_over_the_hard_limit_closes_with_1009(live: LiveFactory) -> 
         async with connect(server.ws_url, additional_headers=ALICE) as ws:
             await ws.recv()
             assert await chat_over(ws, "kept") == "echo: kept"
-            await ws.send(json.dumps({"text": "x" * (2 << 20)}))
+            await ws.send(json.dumps({"text": "x" * 4100}))  # past 4 x 1024
             with pytest.raises(ConnectionClosed) as closed:
                 await ws.recv()
             assert closed.value.rcvd is not None

@@ -86,7 +86,7 @@ def build_server(settings: Settings) -> ChatUvicornServer:
         ws_ping_interval=settings.ws_ping_interval,
         ws_ping_timeout=settings.ws_ping_timeout,
         # Frames between the soft and this hard limit get an error frame; past it, 1009.
-        ws_max_size=max(4 * settings.max_message_bytes, 1 << 20),
+        ws_max_size=4 * settings.max_message_bytes,
         # Chat frames are a few words each: compressing them costs more CPU than it saves.
         ws_per_message_deflate=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace + _CLOSE_GRACE + 1),

@@ -76,7 +76,10 @@ class Drain:
         if self._chat is not None:
             # Not cut short: the core bounds replies in flight by SHUTDOWN_GRACE itself, and
             # an archival interrupted halfway would be worse than a late exit.
-            await self._chat.aclose()
+            try:
+                await self._chat.aclose()
+            except Exception:  # still close the connections and let the process exit
+                logger.exception("archiving sessions at shutdown failed")
         stop.set()
         for callback in list(self._watchers):
             callback()
