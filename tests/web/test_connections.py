@@ -201,3 +201,21 @@ async def test_heartbeats_interleave_with_a_slow_sse_reply(live: LiveFactory) ->
         dialog = await server.store().load_current("alice")
         assert dialog is not None
         assert not dialog.messages[-1].interrupted
+
+
+async def test_sse_channel_carries_session_events(live: LiveFactory) -> None:
+    """The user's SSE channel is told when another connection of theirs opens and closes."""
+    async with (
+        live() as server,
+        httpx.AsyncClient(base_url=server.url) as http,
+        aconnect_sse(http, "GET", "/chat-stream", headers=dict(ALICE)) as source,
+    ):
+        events = source.aiter_sse()
+        session = json.loads((await anext(events)).data)["sessionId"]
+        async with connect(server.ws_url, additional_headers=ALICE) as ws:
+            await ws.recv()
+        frame = json.loads((await anext(events)).data)
+        while frame["type"] != "session_event":
+            frame = json.loads((await anext(events)).data)
+        assert frame["event"] == "connection_opened"
+        assert (frame["userId"], frame["sessionId"]) == ("alice", session)

@@ -157,3 +157,16 @@ async def test_a_second_signal_exits_at_once_and_the_next_start_recovers(tmp_pat
         assert [a["endReason"] for a in listing["archives"]] == ["recovered"]
         process.signal(signal.SIGTERM)
         assert await asyncio.to_thread(process.wait, 15) == 0
+
+
+async def test_sigint_shuts_down_like_sigterm(tmp_path: Path) -> None:
+    """SIGINT (Ctrl-C) archives every session as shutdown and exits 0, like SIGTERM."""
+    data_dir = tmp_path / "data"
+    with serve_process(data_dir) as process:
+        async with httpx.AsyncClient(base_url=process.url) as http:
+            reply = await http.post("/chat", json={"message": "hi"}, headers={"x-user-id": "dan"})
+            assert reply.status_code == 200
+        process.signal(signal.SIGINT)
+        assert await asyncio.to_thread(process.wait, 15) == 0
+    archives = await YamlDialogStore(data_dir).list_archives("dan")
+    assert [(a.end_reason, a.message_count) for a in archives] == [("shutdown", 2)]
