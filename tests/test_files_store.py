@@ -253,3 +253,13 @@ async def test_full_disk_at_archive_keeps_the_session(tmp_path: Path) -> None:
         else:
             [summary] = await store.list_archives("lea")
             assert summary.message_count == 1
+
+
+async def test_large_batched_flush_syncs_the_file_system_once(tmp_path: Path) -> None:
+    """Hundreds of files waiting for fsync are flushed with one syncfs of the data's disk."""
+    store = YamlDialogStore(tmp_path, "batch")
+    for n in range(300):
+        await store.append(f"u{n}", "s", T0, Message("user", "hi", T0), first=True)
+    assert len(store._unsynced) > 300
+    await store.flush()
+    assert not store._unsynced

@@ -62,7 +62,8 @@ T = TypeVar("T")
 Spawn = Callable[[Coroutine[Any, Any, Any]], "asyncio.Task[Any]"]
 
 _SESSION_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
-_YIELD_EVERY = 64  # long sweeps and shutdowns let other work run between this many ends
+_YIELD_EVERY = 64  # a long sweep lets other work run between this many ends
+_SHUTDOWN_CONCURRENCY = 32  # ends in flight at once at shutdown
 
 
 @dataclass(slots=True)
@@ -146,15 +147,18 @@ class SessionManager:
             await asyncio.wait([ending])
 
     async def _end_all(self) -> None:
-        busy: list[Session] = []
-        for count, session in enumerate(list(self._sessions.values()), 1):
+        # Many at a time, so that a store that waits (fsync under ``always``) overlaps its
+        # waits; a user whose reply is still streaming waits apart, holding up no one.
+        idle = asyncio.Semaphore(_SHUTDOWN_CONCURRENCY)
+
+        async def end(session: Session) -> None:
             if session.user_id in self._locks:
-                busy.append(session)  # waits for its reply in a task of its own, below
-            else:
                 await self._end_logged(session, "shutdown")
-            if count % _YIELD_EVERY == 0:
-                await asyncio.sleep(0)
-        await asyncio.gather(*(self._end_logged(s, "shutdown") for s in busy))
+                return
+            async with idle:
+                await self._end_logged(session, "shutdown")
+
+        await asyncio.gather(*(end(s) for s in list(self._sessions.values())))
         if self._turns:  # turns queued behind others find the server closing; let them finish
             await asyncio.wait(list(self._turns))
 

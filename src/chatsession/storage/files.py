@@ -26,7 +26,9 @@ How it keeps its promises:
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
+import functools
 import logging
 import os
 import re
@@ -57,7 +59,8 @@ CURRENT = "current.yaml"
 ARCHIVED = "archived"
 _ARCHIVE_ID = re.compile(r"\d{4}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2}(-\d{1,6})?")
 _FULL_DISK = frozenset((errno.ENOSPC, errno.EDQUOT, errno.EFBIG))
-# Past this many files waiting for a batched fsync, one sync() of everything is cheaper.
+# Past this many files waiting for a batched fsync, one syncfs() of the data's file system
+# is cheaper.
 _SYNC_ALL_THRESHOLD = 256
 
 
@@ -116,7 +119,7 @@ class YamlDialogStore:
         if not self._unsynced:
             return
         paths, self._unsynced = self._unsynced, set()
-        await asyncio.to_thread(_sync_paths, paths)
+        await asyncio.to_thread(_sync_paths, paths, self.root)
 
     async def aclose(self) -> None:
         if not self._closed:
@@ -432,9 +435,8 @@ def _is_user_directory(name: str) -> bool:
         return False
 
 
-def _sync_paths(paths: set[str]) -> None:
-    if len(paths) > _SYNC_ALL_THRESHOLD:
-        os.sync()
+def _sync_paths(paths: set[str], root: Path) -> None:
+    if len(paths) > _SYNC_ALL_THRESHOLD and _sync_file_system(root):
         return
     for path in paths:
         try:
@@ -447,6 +449,27 @@ def _sync_paths(paths: set[str]) -> None:
             logger.error("fsync of %s failed: %s", path, exc.strerror)
         finally:
             os.close(fd)
+
+
+def _sync_file_system(root: Path) -> bool:
+    """syncfs(2) the file system holding ``root``: one call instead of thousands of fsyncs,
+    and unlike sync(2) it does not wait for other file systems. False where unavailable."""
+    syncfs = getattr(_libc(), "syncfs", None)
+    if syncfs is None:
+        return False
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return bool(syncfs(fd) == 0)
+    finally:
+        os.close(fd)
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
 
 
 def _fsync_directory(directory: Path) -> None:
