@@ -27,12 +27,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
+
+from bench._timing import Verdict, check
 
 HOST = "127.0.0.1"
 
@@ -183,7 +185,7 @@ def _percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def bench_round_trips(clients: int, seconds: float, repeats: int) -> None:
+def bench_round_trips(clients: int, seconds: float, repeats: int) -> float:
     """Chat against bare echo (one frame back) and bare frames (a reply's three frames back)."""
     modes = ("bare", "frames", "chat", "memory")
     results: dict[str, list[tuple[float, float, float]]] = {mode: [] for mode in modes}
@@ -213,6 +215,7 @@ def bench_round_trips(clients: int, seconds: float, repeats: int) -> None:
         f"chat / bare 3 frames {chat / frames:.0%}; the same chat server with dialogs in "
         f"memory instead of YAML files {describe('memory')}"
     )
+    return bare / chat
 
 
 # -- 2. idle memory ---------------------------------------------------------------------
@@ -295,7 +298,7 @@ async def _sigterm(process: subprocess.Popen[bytes], port: int, count: int) -> t
     return elapsed, code
 
 
-def bench_sigterm(count: int) -> None:
+def bench_sigterm(count: int) -> tuple[float, int]:
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp) / "data"
         with _server("chat", data_dir) as (process, port):
@@ -309,28 +312,37 @@ def bench_sigterm(count: int) -> None:
         f"SIGTERM with {count:,} active sessions: exit code {code} after {elapsed:.2f} s; "
         f"{archived:,} of {count:,} archived as shutdown"
     )
+    return elapsed, count - archived
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> list[Verdict]:
+    """Run the three benchmarks (``python -m bench server`` calls it with no arguments)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--serve-bare-echo", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--serve-chat-memory", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="smaller counts, one repeat")
-    args = parser.parse_args()
+    args = parser.parse_args([] if argv is None else argv)
     if args.serve_bare_echo:
         _serve_bare_echo(args.serve_bare_echo)
-        return
+        return []
     if args.serve_chat_memory:
         _serve_chat_in_memory(args.serve_chat_memory)
-        return
+        return []
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     repeats, seconds = (1, 1.0) if args.quick else (3, 3.0)
+    verdicts = []
     for clients in (50, 500):
-        bench_round_trips(clients, seconds, repeats)
+        slowdown = bench_round_trips(clients, seconds, repeats)
+        # The target is chat at 50% or more of bare echo: bare / chat at most 2.
+        what = f"bare echo / chat round trips per second, {clients} connections"
+        verdicts.append(check("server", what, slowdown, 2.0, "x"))
     bench_idle_memory(1_000 if args.quick else min(10_000, hard - 500))
-    bench_sigterm(100 if args.quick else 1_000)
+    exit_seconds, unarchived = bench_sigterm(100 if args.quick else 1_000)
+    verdicts.append(check("server", "sessions not archived after SIGTERM", unarchived, 0))
+    verdicts.append(check("server", "time to exit after SIGTERM", exit_seconds, 10.0, " s"))
+    return verdicts
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
