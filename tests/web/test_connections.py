@@ -105,10 +105,13 @@ async def test_sse_channel_sends_heartbeats(live: LiveFactory) -> None:
         assert json.loads((await anext(events)).data) == {"type": "heartbeat"}
         assert json.loads((await anext(events)).data) == {"type": "heartbeat"}
         await http.post("/chat", json={"message": "still there"}, headers=ALICE)
+        reply = ""
         frame = json.loads((await anext(events)).data)
-        while frame["type"] != "response":
+        while frame["type"] != "done":
+            if frame["type"] == "response":
+                reply += frame["content"]
             frame = json.loads((await anext(events)).data)
-        assert frame["content"] == "echo: "
+        assert reply == "echo: still there"
 
 
 def _handshake(port: int) -> socket.socket:
