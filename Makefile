@@ -31,5 +31,8 @@ test: lint
 bench: install
 	$(PY) -m bench
 
+serve: install
+	$(VENV)/bin/chatsession serve
+
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

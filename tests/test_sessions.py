@@ -417,3 +417,24 @@ async def test_shutdown_waits_for_replies_then_cancels_past_the_grace(
             reply = (await chat.get_archive("kit", summary.archive_id)).messages[-1]
             assert reply.interrupted
             assert reply.content.startswith("echo: w w")
+
+
+async def test_chunks_that_pile_up_are_joined_by_kind(server: ServerFactory) -> None:
+    """A caller that falls behind gets the waiting chunks joined; reasoning stays apart."""
+
+    class Burst(EchoModel):
+        async def stream(
+            self, messages: Sequence[Message], *, json_output: bool, reasoning_enabled: bool
+        ) -> AsyncIterator[Chunk]:
+            for chunk in (Reasoning("a"), Reasoning("b"), "x", "y", Reasoning("c"), "z"):
+                yield chunk
+
+    async with server(model=Burst()) as chat:
+        stream = chat.chat_with_history("lee", "go", reasoning_enabled=True)
+        await asyncio.sleep(0)  # the turn starts
+        await asyncio.sleep(0.01)  # and runs to the end before anything is read
+        chunks = [chunk async for chunk in stream]
+        assert chunks == [Reasoning("ab"), "xy", Reasoning("c"), "z"]
+        dialog = await chat.get_current_dialog("lee")
+        assert dialog is not None
+        assert (dialog.messages[-1].content, dialog.messages[-1].reasoning) == ("xyz", "abc")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -117,6 +118,45 @@ def test_bad_model_values_name_the_variable(variable: str, value: str, expected:
     """A bad model setting fails at start, naming the variable."""
     with pytest.raises(ConfigError, match=expected):
         Settings.from_env({variable: value})
+
+
+def test_server_settings_read_their_variables() -> None:
+    """HOST, PORT, JWT, CORS and limit variables reach the server settings."""
+    settings = Settings.from_env(
+        {
+            "HOST": "0.0.0.0",
+            "PORT": "9000",
+            "JWT_SECRET": "x" * 32,
+            "JWT_AUDIENCE": "chat",
+            "CORS_ORIGINS": "https://a.example, https://b.example",
+            "RATE_LIMIT": "0",
+            "MAX_CONNECTIONS_PER_USER": "3",
+            "HEARTBEAT_INTERVAL": "0.5",
+            "TRUSTED_PROXY": "yes",
+        }
+    )
+    assert (settings.host, settings.port, settings.auth_mode) == ("0.0.0.0", 9000, "jwt")
+    assert settings.cors_origins == ("https://a.example", "https://b.example")
+    assert (settings.rate_limit, settings.max_connections_per_user) == (0, 3)
+    assert settings.heartbeat_interval == 0.5
+    assert settings.trusted_proxy is True
+    assert Settings().auth_mode == "dev"
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({"PORT": "http"}, "PORT='http' is not accepted: expected a port number"),
+        ({"PORT": "70000"}, "between 0 and 65535"),
+        ({"JWT_SECRET": "a", "JWT_PUBLIC_KEY": "b"}, "not both"),
+        ({"MAX_MESSAGE_BYTES": "0"}, "max_message_bytes must be 1 or more"),
+        ({"WS_PING_INTERVAL": "0"}, "WS_PING_INTERVAL"),
+    ],
+)
+def test_bad_server_settings_are_named(environ: dict[str, str], expected: str) -> None:
+    """A bad server setting fails at start with a message naming it."""
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        Settings.from_env(environ)
 
 
 def test_empty_variables_mean_the_default() -> None:

@@ -15,15 +15,22 @@ caller never has to catch another library's exceptions::
     │   ├── CorruptDialogError   a dialog file does not parse; names the file
     │   ├── DialogNotFound       no archive with that id
     │   └── StorageFullError     the disk is full (or a file size limit was hit)
-    └── ModelError               the chat model failed
-        ├── ModelOutputError     the reply is not what was asked for (JSON that does not parse)
-        ├── ModelTimeoutError    the chat model did not answer in time
-        │   └── ModelBusyError   the local model stayed busy with others past the bounded wait
-        ├── ModelUnavailableError    the model's endpoint cannot be reached, or keeps failing
-        ├── ModelAuthenticationError no API key, or the endpoint refused it
-        ├── ModelNotFoundError       the endpoint does not serve that model; no weights file
-        ├── ModelRateLimitError      the endpoint still rate-limits after the retries
-        └── ModelContextLengthError  the conversation does not fit the model's context window
+    ├── ModelError               the chat model failed
+    │   ├── ModelOutputError     the reply is not what was asked for (JSON that does not parse)
+    │   ├── ModelTimeoutError    the chat model did not answer in time
+    │   │   └── ModelBusyError   the local model stayed busy with others past the bounded wait
+    │   ├── ModelUnavailableError    the model's endpoint cannot be reached, or keeps failing
+    │   ├── ModelAuthenticationError no API key, or the endpoint refused it
+    │   ├── ModelNotFoundError       the endpoint does not serve that model; no weights file
+    │   ├── ModelRateLimitError      the endpoint still rate-limits after the retries
+    │   └── ModelContextLengthError  the conversation does not fit the model's context window
+    └── RequestError             the server refuses a client's request; carries an HTTP status
+        ├── AuthenticationError  401: no identity, or a token that does not verify
+        ├── PermissionDenied     403: another user's stream or dialogs, or not an admin
+        ├── BadRequest           400: malformed JSON, or an unknown message type
+        ├── PayloadTooLarge      413: a frame or body over the size limit
+        ├── InvalidRequest       422: a field is missing or has the wrong type
+        └── TooManyRequests      429: over the per-user message rate or connection limit
 """
 
 from __future__ import annotations
@@ -31,11 +38,14 @@ from __future__ import annotations
 from pathlib import Path
 
 __all__ = [
+    "AuthenticationError",
+    "BadRequest",
     "ChatSessionError",
     "ConfigError",
     "CorruptDialogError",
     "DialogNotFound",
     "InvalidMessage",
+    "InvalidRequest",
     "InvalidSessionId",
     "InvalidUserId",
     "ModelAuthenticationError",
@@ -47,10 +57,14 @@ __all__ = [
     "ModelRateLimitError",
     "ModelTimeoutError",
     "ModelUnavailableError",
+    "PayloadTooLarge",
+    "PermissionDenied",
+    "RequestError",
     "ServerClosedError",
     "SessionError",
     "StorageError",
     "StorageFullError",
+    "TooManyRequests",
 ]
 
 
@@ -140,3 +154,45 @@ class ModelRateLimitError(ModelError):
 
 class ModelContextLengthError(ModelError):
     """The conversation sent does not fit the model's context window."""
+
+
+class RequestError(ChatSessionError):
+    """The server refuses a client's request; ``status`` is the HTTP status to answer with."""
+
+    status = 400
+
+
+class AuthenticationError(RequestError):
+    """No identity was given, or a token that does not verify."""
+
+    status = 401
+
+
+class PermissionDenied(RequestError):
+    """The caller may not see this: another user's stream or dialogs, or an admin page."""
+
+    status = 403
+
+
+class BadRequest(RequestError):
+    """Malformed JSON, or a message type the server does not know."""
+
+    status = 400
+
+
+class PayloadTooLarge(RequestError):
+    """A WebSocket frame or HTTP body larger than ``max_message_bytes``."""
+
+    status = 413
+
+
+class InvalidRequest(RequestError):
+    """A required field is missing or has the wrong type."""
+
+    status = 422
+
+
+class TooManyRequests(RequestError):
+    """Over the per-user message rate, or the per-user connection limit."""
+
+    status = 429

@@ -1,11 +1,14 @@
-"""The ``chatsession`` command: read users' archived dialogs.
+"""The ``chatsession`` command: run the server, read users' archived dialogs.
 
 ::
 
+    chatsession serve [--host H] [--port P] [--data-dir D] [--model M] ...
     chatsession dialogs USER              list USER's archives
     chatsession show USER ARCHIVE_ID      print one archive as YAML
 
-Both read ``--data-dir`` (default: ``DATA_DIR``, else ``data``).
+``serve`` has one flag per setting, mirroring the environment variables of `Settings`
+(``--session-timeout`` takes milliseconds like ``SESSION_TIMEOUT``); a flag wins over its
+variable. ``dialogs`` and ``show`` read ``--data-dir`` (default: ``DATA_DIR``, else ``data``).
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from chatsession._exceptions import ChatSessionError
+from chatsession._exceptions import ChatSessionError, ConfigError
 from chatsession.domain import ArchiveSummary
+from chatsession.settings import Settings, environment_variables
 from chatsession.storage._yaml_format import dump_dialog
 from chatsession.storage.files import YamlDialogStore
 
@@ -30,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="chatsession", description="Chat sessions archived as YAML when they end."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the chat server (WebSocket, HTTP, SSE)")
+    _add_setting_flags(serve)
+    serve.set_defaults(run=_serve)
 
     dialogs = commands.add_parser("dialogs", help="list a user's archived dialogs")
     dialogs.add_argument("user", help="the user id")
@@ -51,6 +60,46 @@ def _add_data_dir(parser: argparse.ArgumentParser) -> None:
         default=Path(os.environ.get("DATA_DIR") or "data"),
         help="where dialogs live (default: $DATA_DIR, else ./data)",
     )
+
+
+# Flags whose name is not the setting's; every other setting's flag is --its-name.
+_FLAG_NAMES = {"chat_model": "--model"}
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    for variable, (field_name, _parse) in environment_variables().items():
+        flag = _FLAG_NAMES.get(field_name, "--" + field_name.replace("_", "-"))
+        if field_name in ("auto_archive_on_disconnect", "trusted_proxy"):
+            parser.add_argument(
+                flag,
+                dest=field_name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"(${variable})",
+            )
+        else:
+            parser.add_argument(
+                flag, dest=field_name, metavar=variable, default=None, help=f"(${variable})"
+            )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    overrides: dict[str, Any] = {}
+    for field_name, parse in environment_variables().values():
+        value = getattr(args, field_name, None)
+        if value is None:
+            continue
+        if isinstance(value, str):
+            try:
+                value = parse(value.strip())
+            except ValueError as exc:
+                flag = _FLAG_NAMES.get(field_name, "--" + field_name.replace("_", "-"))
+                raise ConfigError(f"{flag} {value!r} is not accepted: {exc}") from None
+        overrides[field_name] = value
+    settings = Settings.from_env(**overrides)
+    from chatsession.web import serve  # the server's dependencies load only to serve
+
+    return serve(settings)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -33,7 +33,6 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -46,6 +45,7 @@ from chatsession._exceptions import (
     ServerClosedError,
 )
 from chatsession._state import Connection, Session, UserLock
+from chatsession._turns import Turn, TurnEnd
 from chatsession._types import EndReason
 from chatsession.domain import Chunk, Message, Reasoning, SessionEvent, SessionInfo
 from chatsession.events import EventEmitter
@@ -66,13 +66,6 @@ _YIELD_EVERY = 64  # a long sweep lets other work run between this many ends
 _SHUTDOWN_CONCURRENCY = 32  # ends in flight at once at shutdown
 
 
-@dataclass(slots=True)
-class _TurnEnd:
-    """The last item a turn puts on its queue: how it ended."""
-
-    error: BaseException | None = None
-
-
 class SessionManager:
     """Holds every user's session; see the module docstring for how it stays consistent."""
 
@@ -88,7 +81,7 @@ class SessionManager:
         self._connections: dict[str, int] = {}
         self._locks: dict[str, UserLock] = {}
         self._grace_timers: dict[str, asyncio.TimerHandle] = {}
-        self._turns: set[asyncio.Task[None]] = set()
+        self._turns: dict[asyncio.Task[None], Turn] = {}
         self._spawn: Spawn | None = None
         self._closing = False
 
@@ -138,7 +131,7 @@ class SessionManager:
         done, _ = await asyncio.wait([ending], timeout=grace)
         if not done:
             logger.warning("cancelling %d replies still running at shutdown", len(self._turns))
-            for turn in list(self._turns):
+            for turn in list(self._turns.values()):
                 turn.cancel()
             done, _ = await asyncio.wait([ending], timeout=max(grace, 1.0))
         if not done:
@@ -394,39 +387,32 @@ class SessionManager:
         """Store ``text``, stream the model's reply, store the reply; see ChatServer."""
         check_user_id(user_id)
         _check_text(text)
-        replies: asyncio.Queue[Chunk | _TurnEnd] = asyncio.Queue()
-        turn = self._start_task(self._turn(user_id, text, json_output, reasoning_enabled, replies))
-        self._turns.add(turn)
+        turn = Turn()
+        turn.task = self._start_task(
+            self._turn(turn, user_id, text, json_output, reasoning_enabled)
+        )
+        self._turns[turn.task] = turn
 
         def finished(task: asyncio.Task[None]) -> None:
-            self._turns.discard(task)
+            del self._turns[task]
             if task.cancelled():  # by shutdown, perhaps before it ever ran
-                closed = ServerClosedError("The server shut down before the reply finished.")
-                replies.put_nowait(_TurnEnd(closed))
+                turn.put(
+                    TurnEnd(ServerClosedError("The server shut down before the reply finished."))
+                )
 
-        turn.add_done_callback(finished)
+        turn.task.add_done_callback(finished)
         try:
-            while True:
-                item = await replies.get()
-                if isinstance(item, _TurnEnd):
-                    if item.error is not None:
-                        raise item.error
-                    return
-                yield item
+            async for chunk in turn.chunks():
+                yield chunk
         finally:
-            if not turn.done():
+            if not turn.task.done():
                 # The caller left mid-reply: stop the model, and let the partial reply be
                 # stored before the caller goes on.
                 turn.cancel()
-                await asyncio.wait([turn])
+                await asyncio.wait([turn.task])
 
     async def _turn(
-        self,
-        user_id: str,
-        text: str,
-        json_output: bool,
-        reasoning: bool,
-        replies: asyncio.Queue[Chunk | _TurnEnd],
+        self, turn: Turn, user_id: str, text: str, json_output: bool, reasoning: bool
     ) -> None:
         error: BaseException | None = None
         try:
@@ -434,15 +420,15 @@ class SessionManager:
                 if self._closing:
                     raise ServerClosedError("Cannot chat: the server is shutting down.")
                 session = self._current_or_new(user_id, None)
-                await self._store(session, Message("user", text))
-                async for chunk in self._reply(session, json_output, reasoning):
-                    replies.put_nowait(chunk)
+                await self._store(turn, session, Message("user", text))
+                async for chunk in self._reply(turn, session, json_output, reasoning):
+                    turn.put(chunk)
         except Exception as exc:
             error = exc
-        replies.put_nowait(_TurnEnd(error))
+        turn.put(TurnEnd(error))
 
     async def _reply(
-        self, session: Session, json_output: bool, reasoning: bool
+        self, turn: Turn, session: Session, json_output: bool, reasoning: bool
     ) -> AsyncGenerator[Chunk, None]:
         answer: list[str] = []
         thinking: list[str] = []
@@ -481,23 +467,21 @@ class SessionManager:
                     reasoning=_storable("".join(thinking)) if thinking else None,
                     error=error,
                 )
-                await self._store(session, reply)
+                await self._store(turn, session, reply)
         if error is not None:
             raise ModelOutputError(f"the model was asked for JSON but its reply is {error}")
 
-    async def _store(self, session: Session, message: Message) -> None:
+    async def _store(self, turn: Turn, session: Session, message: Message) -> None:
         """Store ``message`` and remember it, as one step; only a stored one is remembered."""
-        await _complete(self._store_now(session, message))
-
-    async def _store_now(self, session: Session, message: Message) -> None:
-        first = session.messages is None
-        await self.store.append(
-            session.user_id, session.session_id, session.started_at_utc, message, first=first
-        )
-        if session.messages is None:
-            session.messages = []
-        session.messages.append(message)
-        self._touch(session)
+        with turn.guarded():
+            first = session.messages is None
+            await self.store.append(
+                session.user_id, session.session_id, session.started_at_utc, message, first=first
+            )
+            if session.messages is None:
+                session.messages = []
+            session.messages.append(message)
+            self._touch(session)
 
 
 async def _complete(coroutine: Coroutine[Any, Any, T]) -> T:

@@ -28,7 +28,29 @@ variable                       meaning                                    defaul
 ``MODEL_QUEUE_TIMEOUT``        seconds a chat waits for the busy local    ``60``
                                model before it gives up
 ``DEBUG``                      ``session:*`` turns on session debug logs  empty
+``HOST``                       the address ``chatsession serve`` binds    ``127.0.0.1``
+``PORT``                       the port it listens on                     ``8000``
+``JWT_SECRET``                 HS256 secret: turns on JWT authentication  empty
+``JWT_PUBLIC_KEY``             RS256/ES256 public key (PEM, or a path to  empty
+                               a PEM file): turns on JWT authentication
+``JWT_ALGORITHMS``             accepted algorithms, comma-separated       by key kind
+``JWT_AUDIENCE``               required ``aud`` claim                     empty
+``JWT_ISSUER``                 required ``iss`` claim                     empty
+``JWT_ADMIN_CLAIM``            claim that grants admin rights when true   ``admin``
+``TRUSTED_PROXY``              trust ``x-user-id`` on any address (an     ``false``
+                               authenticating proxy sits in front)
+``CORS_ORIGINS``               origins allowed by CORS, comma-separated   empty
+``MAX_MESSAGE_BYTES``          largest WebSocket frame or HTTP body       ``65536``
+``RATE_LIMIT``                 chat messages per minute per user (0: off) ``60``
+``MAX_CONNECTIONS_PER_USER``   open WebSocket/SSE connections per user    ``8``
+``HEARTBEAT_INTERVAL``         seconds between SSE heartbeats             ``30``
+``WS_PING_INTERVAL``           seconds between WebSocket pings            ``20``
+``WS_PING_TIMEOUT``            seconds to wait for a pong                 ``20``
 =============================  =========================================  ==============
+
+Without ``JWT_SECRET`` or ``JWT_PUBLIC_KEY`` the server runs in development mode: it trusts
+the ``x-user-id`` header, and refuses to start on an address other than loopback unless
+``TRUSTED_PROXY`` says an authenticating proxy sits in front of it.
 
 Durability decides when a stored message reaches the disk, not whether it is written:
 
@@ -85,6 +107,22 @@ class Settings:
     model_retries: int = 2
     model_queue_timeout: float = 60.0
     debug: str = ""
+    host: str = "127.0.0.1"
+    port: int = 8000
+    jwt_secret: str = ""
+    jwt_public_key: str = ""
+    jwt_algorithms: tuple[str, ...] = ()
+    jwt_audience: str = ""
+    jwt_issuer: str = ""
+    jwt_admin_claim: str = "admin"
+    trusted_proxy: bool = False
+    cors_origins: tuple[str, ...] = ()
+    max_message_bytes: int = 65536
+    rate_limit: int = 60
+    max_connections_per_user: int = 8
+    heartbeat_interval: float = 30.0
+    ws_ping_interval: float = 20.0
+    ws_ping_timeout: float = 20.0
 
     def __post_init__(self) -> None:
         if "://" in str(self.data_dir):
@@ -117,6 +155,25 @@ class Settings:
         for name in ("model_timeout", "model_queue_timeout"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be greater than 0, got {getattr(self, name)!r}")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be between 0 and 65535, got {self.port!r}")
+        if self.jwt_secret and self.jwt_public_key:
+            raise ConfigError("give jwt_secret (HS256) or jwt_public_key (RS256/ES256), not both")
+        for name in ("max_message_bytes", "max_connections_per_user"):
+            if not getattr(self, name) >= 1:
+                raise ConfigError(f"{name} must be 1 or more, got {getattr(self, name)!r}")
+        if not self.rate_limit >= 0:
+            raise ConfigError(f"rate_limit must be 0 or more, got {self.rate_limit!r}")
+        for name in ("heartbeat_interval", "ws_ping_interval", "ws_ping_timeout"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be greater than 0, got {getattr(self, name)!r}")
+        object.__setattr__(self, "jwt_algorithms", tuple(self.jwt_algorithms))
+        object.__setattr__(self, "cors_origins", tuple(self.cors_origins))
+
+    @property
+    def auth_mode(self) -> str:
+        """``jwt`` when a secret or public key is configured, else ``dev``."""
+        return "jwt" if self.jwt_secret or self.jwt_public_key else "dev"
 
     @property
     def session_debug(self) -> bool:
@@ -189,27 +246,10 @@ def _durability(raw: str) -> Durability:
     return cast(Durability, lowered)
 
 
-def _count(raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError("expected a whole number, such as 4") from None
-    if value < 0:
-        raise ValueError("expected a whole number, 0 or more")
-    return value
-
-
 def _positive_count(raw: str) -> int:
     value = _count(raw)
     if value == 0:
         raise ValueError("expected a whole number greater than 0")
-    return value
-
-
-def _positive_seconds(raw: str) -> float:
-    value = _seconds(raw)
-    if value == 0:
-        raise ValueError("expected a number of seconds greater than 0")
     return value
 
 
@@ -223,6 +263,37 @@ def _nonempty(raw: str) -> str:
     if not raw:
         raise ValueError("expected a non-empty value")
     return raw
+
+
+def _port(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError("expected a port number, such as 8000") from None
+    if not 0 <= value <= 65535:
+        raise ValueError("expected a port number between 0 and 65535")
+    return value
+
+
+def _count(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError("expected a whole number, such as 10") from None
+    if value < 0:
+        raise ValueError("expected a whole number, 0 or more")
+    return value
+
+
+def _positive_seconds(raw: str) -> float:
+    value = _seconds(raw)
+    if value <= 0:
+        raise ValueError("expected a number of seconds greater than 0")
+    return value
+
+
+def _names(raw: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in raw.split(",") if name.strip())
 
 
 _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
@@ -246,4 +317,25 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "MODEL_RETRIES": ("model_retries", _count),
     "MODEL_QUEUE_TIMEOUT": ("model_queue_timeout", _positive_seconds),
     "DEBUG": ("debug", str),
+    "HOST": ("host", _nonempty),
+    "PORT": ("port", _port),
+    "JWT_SECRET": ("jwt_secret", str),
+    "JWT_PUBLIC_KEY": ("jwt_public_key", str),
+    "JWT_ALGORITHMS": ("jwt_algorithms", _names),
+    "JWT_AUDIENCE": ("jwt_audience", str),
+    "JWT_ISSUER": ("jwt_issuer", str),
+    "JWT_ADMIN_CLAIM": ("jwt_admin_claim", _nonempty),
+    "TRUSTED_PROXY": ("trusted_proxy", _boolean),
+    "CORS_ORIGINS": ("cors_origins", _names),
+    "MAX_MESSAGE_BYTES": ("max_message_bytes", _count),
+    "RATE_LIMIT": ("rate_limit", _count),
+    "MAX_CONNECTIONS_PER_USER": ("max_connections_per_user", _count),
+    "HEARTBEAT_INTERVAL": ("heartbeat_interval", _positive_seconds),
+    "WS_PING_INTERVAL": ("ws_ping_interval", _positive_seconds),
+    "WS_PING_TIMEOUT": ("ws_ping_timeout", _positive_seconds),
 }
+
+
+def environment_variables() -> dict[str, tuple[str, Callable[[str], Any]]]:
+    """Each environment variable's setting name and parser (the CLI mirrors them)."""
+    return dict(_ENVIRONMENT)

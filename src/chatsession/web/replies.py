@@ -1,0 +1,46 @@
+"""One chat turn as frames, shared by every transport: rate limit, stream, publish, measure."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+
+from chatsession.web._state import WebState
+from chatsession.web.auth import Identity
+from chatsession.web.protocol import ChatRequest, Frame, chunk_frame
+
+__all__ = ["reply_frames"]
+
+
+async def reply_frames(
+    web: WebState, identity: Identity, request: ChatRequest, transport: str
+) -> AsyncGenerator[Frame, None]:
+    """The reply to ``request`` as ``response``/``reasoning`` frames, then ``done``.
+
+    Each frame is also published on the user's SSE channels. Closing this iterator early
+    closes the model stream, and the partial reply is stored marked interrupted. Errors of
+    the core (`ChatSessionError`) propagate for the transport to report.
+    """
+    web.rate.check(identity.user_id)
+    web.metrics.messages.labels(transport).inc()
+    started = time.perf_counter()
+    first = True
+    stream = web.chat.chat_with_history(
+        identity.user_id,
+        request.text,
+        json_output=request.json_output,
+        reasoning_enabled=request.reasoning_enabled,
+    )
+    async with aclosing(stream):  # type: ignore[type-var]  # the core's iterator has aclose
+        async for chunk in stream:
+            if first:
+                web.metrics.first_chunk_seconds.observe(time.perf_counter() - started)
+                first = False
+            frame = chunk_frame(chunk)
+            web.channels.publish(identity.user_id, frame)
+            yield frame
+    web.metrics.model_seconds.observe(time.perf_counter() - started)
+    done: Frame = {"type": "done"}
+    web.channels.publish(identity.user_id, done)
+    yield done

@@ -1,0 +1,136 @@
+"""``chatsession serve``: the app on uvicorn, with a graceful, bounded shutdown.
+
+uvicorn's own shutdown closes WebSockets with 1012 and, after a signal, re-raises it so
+the process dies by it. `ChatUvicornServer` runs `Drain` first (archive every session as
+``shutdown``, close WebSockets with 1001, end SSE streams) and handles SIGTERM and SIGINT
+itself, so a signalled server exits 0. A second signal exits at once (code 1); the next
+start recovers the dialogs that were not archived yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Generator
+
+import uvicorn
+
+from chatsession._exceptions import ConfigError
+from chatsession.settings import Settings
+from chatsession.web.app import create_app
+from chatsession.web.auth import check_bind
+from chatsession.web.shutdown import Drain
+
+__all__ = ["ChatUvicornServer", "build_server", "serve"]
+
+logger = logging.getLogger("chatsession.web")
+
+# How long connections get to close once asked, after sessions are archived.
+_CLOSE_GRACE = 5.0
+
+
+class ChatUvicornServer(uvicorn.Server):
+    """A uvicorn server that drains the chat app before uvicorn's own shutdown."""
+
+    def __init__(self, config: uvicorn.Config, drain: Drain) -> None:
+        super().__init__(config)
+        self.drain = drain
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:
+            server.close()  # stop accepting before anything else
+        await self.drain.run(_CLOSE_GRACE)
+        await super().shutdown(sockets)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        # Unlike uvicorn's, the captured signal is not raised again afterwards: a server
+        # that shut down gracefully exits 0.
+        try:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self._signalled)
+        except (RuntimeError, NotImplementedError, ValueError):
+            yield  # not the main thread (tests): whoever runs the server stops it
+            return
+        try:
+            yield
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+    def _signalled(self) -> None:
+        if not self.should_exit:
+            logger.info("shutting down: archiving every session")
+            self.should_exit = True
+            return
+        # A second signal: the operator will not wait. Dialogs not archived yet stay in
+        # current.yaml, whole, and the next start archives them as ``recovered``.
+        logger.warning("forced exit: the next start recovers dialogs not yet archived")
+        os._exit(1)
+
+
+def build_server(settings: Settings) -> ChatUvicornServer:
+    """A server for ``settings``, not yet started (tests run it on a free port)."""
+    drain = Drain()
+    app = create_app(settings, drain=drain)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        ws_ping_interval=settings.ws_ping_interval,
+        ws_ping_timeout=settings.ws_ping_timeout,
+        # Frames between the soft and this hard limit get an error frame; past it, 1009.
+        ws_max_size=4 * settings.max_message_bytes,
+        # Chat frames are a few words each: compressing them costs more CPU than it saves.
+        ws_per_message_deflate=False,
+        timeout_graceful_shutdown=int(settings.shutdown_grace + _CLOSE_GRACE + 1),
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        server_header=False,
+    )
+    return ChatUvicornServer(config, drain)
+
+
+def serve(settings: Settings) -> int:
+    """Run until SIGTERM or SIGINT; the exit code (0 after a graceful shutdown)."""
+    _configure_logging()
+    try:
+        check_bind(settings)
+        server = build_server(settings)
+    except ConfigError as exc:
+        print(f"chatsession: {exc}", file=sys.stderr)
+        return 2
+    logger.info(
+        "chatsession listening on http://%s:%d  data dir %s  model %s  auth %s",
+        settings.host,
+        settings.port,
+        settings.data_dir,
+        settings.chat_model,
+        _auth_description(settings),
+    )
+    server.run()
+    return 0 if server.started else 1
+
+
+def _auth_description(settings: Settings) -> str:
+    if settings.auth_mode == "jwt":
+        kind = "HS256 secret" if settings.jwt_secret else "public key"
+        return f"jwt ({kind})"
+    proxy = ", trusted proxy" if settings.trusted_proxy else ""
+    return f"dev (x-user-id header trusted{proxy})"
+
+
+def _configure_logging() -> None:
+    package = logging.getLogger("chatsession")
+    if not package.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        package.addHandler(handler)
+        package.setLevel(logging.INFO)

@@ -1,0 +1,98 @@
+"""Graceful shutdown, shared by uvicorn's server and the app's connections.
+
+On SIGTERM or SIGINT the order is: stop accepting; archive every session (``shutdown``),
+giving replies in flight ``SHUTDOWN_GRACE`` seconds; then tell every WebSocket (close code
+1001, "going away") and SSE stream (a last ``shutdown`` frame) to end, and wait for them,
+bounded. Sessions are archived *before* connections close, so their end reason is
+``shutdown`` and not ``disconnect``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from chatsession.chatserver import ChatServer
+
+__all__ = ["Drain"]
+
+logger = logging.getLogger("chatsession.web")
+
+
+class Drain:
+    """The app's shutdown switch: connections watch it, the server throws it."""
+
+    def __init__(self) -> None:
+        self._closing = False
+        self._chat: ChatServer | None = None
+        self._stop: asyncio.Event | None = None
+        self._idle: asyncio.Event | None = None
+        self._open = 0
+        self._watchers: set[Callable[[], None]] = set()
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    def attach(self, chat: ChatServer | None) -> None:
+        """The running ChatServer to close first (the app's lifespan hands it over)."""
+        self._chat = chat
+
+    @contextmanager
+    def track(self) -> Iterator[None]:
+        """Count one long-lived connection (WebSocket or SSE) for the block."""
+        self._open += 1
+        self._events()[1].clear()
+        try:
+            yield
+        finally:
+            self._open -= 1
+            if not self._open:
+                self._events()[1].set()
+
+    @contextmanager
+    def on_stop(self, callback: Callable[[], None]) -> Iterator[None]:
+        """Call ``callback`` when connections are to end, if that happens within the block."""
+        if self._stop is not None and self._stop.is_set():
+            callback()
+        self._watchers.add(callback)
+        try:
+            yield
+        finally:
+            self._watchers.discard(callback)
+
+    async def wait(self) -> None:
+        """Return when connections are to end."""
+        await self._events()[0].wait()
+
+    async def run(self, close_grace: float) -> None:
+        """Archive every session, then end every connection, waiting ``close_grace`` at most."""
+        self._closing = True
+        stop, idle = self._events()
+        if self._chat is not None:
+            # Not cut short: the core bounds replies in flight by SHUTDOWN_GRACE itself, and
+            # an archival interrupted halfway would be worse than a late exit.
+            try:
+                await self._chat.aclose()
+            except Exception:  # still close the connections and let the process exit
+                logger.exception("archiving sessions at shutdown failed")
+        stop.set()
+        for callback in list(self._watchers):
+            callback()
+        if self._open:
+            try:
+                await asyncio.wait_for(idle.wait(), timeout=close_grace)
+            except TimeoutError:
+                logger.warning("%d connections did not close in time", self._open)
+
+    def _events(self) -> tuple[asyncio.Event, asyncio.Event]:
+        # Made on first use, inside the server's event loop.
+        if self._stop is None or self._idle is None:
+            self._stop = asyncio.Event()
+            self._idle = asyncio.Event()
+            self._idle.set()
+        return self._stop, self._idle

@@ -1,0 +1,172 @@
+"""Shutdown: connections closed properly, every session archived, crashes recovered."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from httpx_sse import aconnect_sse
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from chatsession.storage import YamlDialogStore
+from tests.web.conftest import LiveFactory, serve_process
+
+
+async def until_closed(ws: ClientConnection) -> tuple[list[dict[str, Any]], int | None]:
+    """Every frame until the server closes the socket, and the close code it sent."""
+    frames = []
+    try:
+        while True:
+            frames.append(json.loads(await ws.recv()))
+    except ConnectionClosed as closed:
+        return frames, closed.rcvd.code if closed.rcvd is not None else None
+
+
+async def test_stopping_closes_websockets_with_1001_and_ends_sse_streams(
+    live: LiveFactory,
+) -> None:
+    """At shutdown WebSockets get 1001, SSE streams a last shutdown frame; all archived."""
+    async with live() as server, httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+        async with (
+            connect(server.ws_url, additional_headers={"x-user-id": "alice"}) as ws,
+            aconnect_sse(http, "GET", "/chat-stream", headers={"x-user-id": "bob"}) as source,
+        ):
+            await ws.recv()
+            await ws.send(json.dumps({"text": "hello"}))
+            while json.loads(await ws.recv())["type"] != "done":
+                pass
+            await http.post("/chat", json={"message": "hi"}, headers={"x-user-id": "bob"})
+            server.server.should_exit = True
+            _, code = await until_closed(ws)
+            assert code == 1001
+            frames = [json.loads(event.data) async for event in source.aiter_sse()]
+            assert frames[-1] == {"type": "shutdown"}
+        for user in ("alice", "bob"):
+            archives = await server.archives(user)
+            assert [(a.end_reason, a.message_count) for a in archives] == [("shutdown", 2)]
+
+
+async def test_reply_in_flight_at_shutdown_is_stored(live: LiveFactory) -> None:
+    """A reply still streaming at shutdown finishes within the grace and is archived."""
+    async with live(chat_model="echo?delay=0.02", shutdown_grace=5) as server:
+        async with connect(server.ws_url, additional_headers={"x-user-id": "alice"}) as ws:
+            await ws.recv()
+            await ws.send(json.dumps({"text": "one two three four five"}))
+            assert json.loads(await ws.recv())["type"] == "response"
+            server.server.should_exit = True
+            frames, _ = await until_closed(ws)
+        assert frames[-1] == {"type": "done"}
+        archives = await server.archives("alice")
+        dialog = await server.store().load_archive("alice", archives[0].archive_id)
+        assert dialog.messages[-1].content == "echo: one two three four five"
+        assert not dialog.messages[-1].interrupted
+        assert dialog.end_reason == "shutdown"
+
+
+async def test_sigterm_to_a_real_process_archives_everything_and_exits_0(tmp_path: Path) -> None:
+    """SIGTERM: 1001 to WebSockets, every session archived (shutdown), exit 0; one start line."""
+    data_dir = tmp_path / "data"
+    with serve_process(data_dir, "--shutdown-grace", "3") as process:
+        url = f"ws://127.0.0.1:{process.port}/ws"
+        async with connect(url, additional_headers={"x-user-id": "alice"}) as ws:
+            await ws.recv()
+            await ws.send(json.dumps({"text": "before the signal"}))
+            while json.loads(await ws.recv())["type"] != "done":
+                pass
+            async with httpx.AsyncClient(base_url=process.url) as http:
+                for user in ("bob", "carol"):
+                    reply = await http.post(
+                        "/chat", json={"message": "hi"}, headers={"x-user-id": user}
+                    )
+                    assert reply.status_code == 200
+            started = time.monotonic()
+            process.signal(signal.SIGTERM)
+            _, code = await until_closed(ws)
+            assert code == 1001
+        code = await asyncio.to_thread(process.wait, 15)
+        assert code == 0
+        assert time.monotonic() - started < 10
+        assert process.popen.stdout is not None
+        log = process.popen.stdout.read()
+        assert f"listening on http://127.0.0.1:{process.port}" in log
+        assert f"data dir {data_dir}" in log
+        assert "model echo" in log
+        assert "auth dev" in log
+    store = YamlDialogStore(data_dir)
+    for user in ("alice", "bob", "carol"):
+        archives = await store.list_archives(user)
+        assert [(a.end_reason, a.message_count) for a in archives] == [("shutdown", 2)]
+        assert await store.load_current(user) is None
+
+
+async def test_kill_9_then_restart_recovers_the_dialogs(tmp_path: Path) -> None:
+    """After kill -9 the next start archives every dialog left behind as recovered."""
+    data_dir = tmp_path / "data"
+    with serve_process(data_dir, "--durability", "always") as process:
+        async with httpx.AsyncClient(base_url=process.url) as http:
+            for user in ("alice", "bob"):
+                for text in ("one", "two"):
+                    await http.post("/chat", json={"message": text}, headers={"x-user-id": user})
+        process.signal(signal.SIGKILL)
+        assert await asyncio.to_thread(process.wait, 10) == -signal.SIGKILL
+    with serve_process(data_dir) as process:
+        async with httpx.AsyncClient(base_url=process.url) as http:
+            for user in ("alice", "bob"):
+                listing = (await http.get("/dialogs", headers={"x-user-id": user})).json()
+                assert [(a["endReason"], a["messageCount"]) for a in listing["archives"]] == [
+                    ("recovered", 4)
+                ]
+                archive_id = listing["archives"][0]["archiveId"]
+                dialog = (
+                    await http.get(f"/dialogs/{archive_id}", headers={"x-user-id": user})
+                ).json()
+                assert [m["content"] for m in dialog["dialog"]["messages"]] == [
+                    "one",
+                    "echo: one",
+                    "two",
+                    "echo: two",
+                ]
+        process.signal(signal.SIGTERM)
+        assert await asyncio.to_thread(process.wait, 15) == 0
+
+
+async def test_a_second_signal_exits_at_once_and_the_next_start_recovers(tmp_path: Path) -> None:
+    """A second SIGTERM during a slow shutdown exits 1 at once; the next start recovers."""
+    data_dir = tmp_path / "data"
+    with serve_process(data_dir, "--model", "echo?delay=0.5", "--shutdown-grace", "30") as process:
+        url = f"ws://127.0.0.1:{process.port}/ws"
+        async with connect(url, additional_headers={"x-user-id": "alice"}) as ws:
+            await ws.recv()
+            await ws.send(json.dumps({"text": "a reply that takes many seconds " * 3}))
+            assert json.loads(await ws.recv())["type"] == "response"
+            started = time.monotonic()
+            process.signal(signal.SIGTERM)
+            await asyncio.sleep(0.5)
+            process.signal(signal.SIGTERM)
+            assert await asyncio.to_thread(process.wait, 10) == 1
+            assert time.monotonic() - started < 5
+    with serve_process(data_dir) as process:
+        async with httpx.AsyncClient(base_url=process.url) as http:
+            listing = (await http.get("/dialogs", headers={"x-user-id": "alice"})).json()
+        assert [a["endReason"] for a in listing["archives"]] == ["recovered"]
+        process.signal(signal.SIGTERM)
+        assert await asyncio.to_thread(process.wait, 15) == 0
+
+
+async def test_sigint_shuts_down_like_sigterm(tmp_path: Path) -> None:
+    """SIGINT (Ctrl-C) archives every session as shutdown and exits 0, like SIGTERM."""
+    data_dir = tmp_path / "data"
+    with serve_process(data_dir) as process:
+        async with httpx.AsyncClient(base_url=process.url) as http:
+            reply = await http.post("/chat", json={"message": "hi"}, headers={"x-user-id": "dan"})
+            assert reply.status_code == 200
+        process.signal(signal.SIGINT)
+        assert await asyncio.to_thread(process.wait, 15) == 0
+    archives = await YamlDialogStore(data_dir).list_archives("dan")
+    assert [(a.end_reason, a.message_count) for a in archives] == [("shutdown", 2)]
