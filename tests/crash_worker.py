@@ -14,7 +14,7 @@ from chatsession import ChatServer, Settings
 
 
 async def main(data_dir: Path, durability: str) -> None:
-    settings = Settings(data_dir=data_dir, durability=durability)  # type: ignore[arg-type]
+    settings = Settings(chat_model="echo", data_dir=data_dir, durability=durability)  # type: ignore[arg-type]
     async with ChatServer(settings) as chat:
         print("ready", flush=True)
         number = 0

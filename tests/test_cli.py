@@ -16,7 +16,7 @@ from tests.conftest import collect
 
 @pytest.fixture
 async def archived(tmp_path: Path) -> str:
-    async with ChatServer(Settings(data_dir=tmp_path)) as chat:
+    async with ChatServer(Settings(chat_model="echo", data_dir=tmp_path)) as chat:
         await collect(chat, "alice", "hello there")
         archive_id = await chat.end_user_session("alice", reason="timeout")
     assert archive_id is not None

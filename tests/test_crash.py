@@ -60,7 +60,7 @@ async def test_kill_9_loses_no_acknowledged_message(durability: str, tmp_path: P
         data = tmp_path / f"run{run}"
         acked = await asyncio.to_thread(_run_and_kill, data, durability, rng.uniform(0.2, 0.6))
         assert acked, "the worker acknowledged nothing before it was killed"
-        async with ChatServer(Settings(data_dir=data)) as chat:
+        async with ChatServer(Settings(chat_model="echo", data_dir=data)) as chat:
             for user in USERS:
                 assert await chat.get_current_dialog(user) is None  # recovered at start
         for user in USERS:

@@ -48,7 +48,7 @@ def _leave_dialog(data: Path, user: str, *contents: str, tail: str = "") -> Path
 
 async def test_append_only_adds_bytes_at_the_end(tmp_path: Path) -> None:
     """Each message appends to the same file; earlier bytes are never rewritten."""
-    async with ChatServer(Settings(data_dir=tmp_path)) as chat:
+    async with ChatServer(Settings(chat_model="echo", data_dir=tmp_path)) as chat:
         await collect(chat, "alice", "one")
         path = _current(tmp_path, "alice")
         before, inode = path.read_bytes(), path.stat().st_ino
@@ -85,7 +85,7 @@ async def test_archive_ids_cannot_name_other_files(tmp_path: Path) -> None:
 
 async def test_delete_archive(tmp_path: Path) -> None:
     """Deleting removes one archive; deleting it again is DialogNotFound."""
-    async with ChatServer(Settings(data_dir=tmp_path)) as chat:
+    async with ChatServer(Settings(chat_model="echo", data_dir=tmp_path)) as chat:
         await collect(chat, "cy", "hi")
         archive_id = await chat.end_user_session("cy")
         assert archive_id is not None
@@ -99,7 +99,7 @@ async def test_leftover_dialog_is_recovered_at_start(tmp_path: Path) -> None:
     """A current.yaml with messages and no live session is archived as recovered."""
     _leave_dialog(tmp_path, "dora", "hello", "still there", tail="- role: user\n  conte")
     _leave_dialog(tmp_path, "empty")
-    async with ChatServer(Settings(data_dir=tmp_path)) as chat:
+    async with ChatServer(Settings(chat_model="echo", data_dir=tmp_path)) as chat:
         [archive] = await chat.list_archives("dora")
         assert (archive.end_reason, archive.message_count) == ("recovered", 2)
         dialog = await chat.get_archive("dora", archive.archive_id)
@@ -114,7 +114,7 @@ async def test_half_done_archive_is_finished_not_duplicated(tmp_path: Path) -> N
     """A crash between link and unlink leaves two links; recovery only unlinks."""
     path = _leave_dialog(tmp_path, "eli", "hi")
     os.link(path, path.parent / "archived" / "2024-01-15-10-30-00.yaml")
-    async with ChatServer(Settings(data_dir=tmp_path)) as chat:
+    async with ChatServer(Settings(chat_model="echo", data_dir=tmp_path)) as chat:
         archives = await chat.list_archives("eli")
     assert [a.archive_id for a in archives] == ["2024-01-15-10-30-00"]
     assert not path.exists()
@@ -128,7 +128,7 @@ async def test_corrupt_leftover_names_the_file_and_others_carry_on(
     path.parent.mkdir(parents=True)
     path.write_text("user_id: [this is not\n")
     _leave_dialog(tmp_path, "gina", "fine")
-    async with ChatServer(Settings(data_dir=tmp_path)) as chat:
+    async with ChatServer(Settings(chat_model="echo", data_dir=tmp_path)) as chat:
         assert str(path) in caplog.text
         assert [a.end_reason for a in await chat.list_archives("gina")] == ["recovered"]
         with pytest.raises(CorruptDialogError) as caught:
@@ -166,7 +166,9 @@ async def test_always_fsyncs_before_the_first_chunk(
         synced.append(fd)
         real_fsync(fd)
 
-    async with ChatServer(Settings(data_dir=tmp_path, durability="always")) as chat:
+    async with ChatServer(
+        Settings(chat_model="echo", data_dir=tmp_path, durability="always")
+    ) as chat:
         monkeypatch.setattr(os, "fsync", counting_fsync)
         stream = chat.chat_with_history("ida", "persist me")
         await anext(stream)
@@ -178,7 +180,7 @@ async def test_always_fsyncs_before_the_first_chunk(
 async def test_batch_durability_flushes_periodically(tmp_path: Path) -> None:
     """Under batch the store collects files to fsync and the server flushes them."""
     store = YamlDialogStore(tmp_path, "batch")
-    settings = Settings(data_dir=tmp_path, fsync_interval=0.01)
+    settings = Settings(chat_model="echo", data_dir=tmp_path, fsync_interval=0.01)
     async with ChatServer(settings, store=store) as chat:
         await collect(chat, "jay", "hi")
         assert store._unsynced
@@ -215,7 +217,9 @@ def _small_disk(path: Path) -> Iterator[Path]:
 async def test_full_disk_is_a_clear_error_and_damages_nothing(tmp_path: Path) -> None:
     """A full disk raises StorageFullError; the dialog keeps every earlier message whole."""
     with _small_disk(tmp_path / "disk") as data:
-        async with ChatServer(Settings(data_dir=data), model=EchoModel()) as chat:
+        async with ChatServer(
+            Settings(chat_model="echo", data_dir=data), model=EchoModel()
+        ) as chat:
             await collect(chat, "kai", "before the disk filled")
             with pytest.raises(StorageFullError, match=r"disk is full|File too large"):
                 await collect(chat, "kai", "x" * 100_000)

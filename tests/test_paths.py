@@ -64,7 +64,7 @@ def test_encoded_and_plain_names_never_collide() -> None:
 async def test_hostile_id_chats_and_archives_inside_data_dir(tmp_path: Path) -> None:
     """A chat under '../../escape' writes only below DATA_DIR."""
     data = tmp_path / "data"
-    async with ChatServer(Settings(data_dir=data)) as chat:
+    async with ChatServer(Settings(chat_model="echo", data_dir=data)) as chat:
         async for _ in chat.chat_with_history("../../escape", "hi"):
             pass
         archive_id = await chat.end_user_session("../../escape")
@@ -77,7 +77,7 @@ async def test_hostile_id_chats_and_archives_inside_data_dir(tmp_path: Path) -> 
 
 async def test_invalid_id_is_refused_before_anything_is_written(tmp_path: Path) -> None:
     """The library raises InvalidUserId and writes nothing for an unstorable id."""
-    async with ChatServer(Settings(data_dir=tmp_path / "data")) as chat:
+    async with ChatServer(Settings(chat_model="echo", data_dir=tmp_path / "data")) as chat:
         with pytest.raises(InvalidUserId):
             await chat.start_user_session("")
         with pytest.raises(InvalidUserId):

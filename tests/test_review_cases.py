@@ -50,7 +50,7 @@ async def test_torn_end_record_is_recovered_not_set_aside(tmp_path: Path) -> Non
     path = tmp_path / "users" / "amy" / "dialogs" / "current.yaml"
     path.parent.mkdir(parents=True)
     path.write_text(_dialog_text() + "ended_at: '2024-01-15T10:30:00+00:00'\nend_reason: sh")
-    async with ChatServer(Settings(data_dir=tmp_path)) as chat:
+    async with ChatServer(Settings(chat_model="echo", data_dir=tmp_path)) as chat:
         [archive] = await chat.list_archives("amy")
         assert (archive.message_count, archive.end_reason) == (2, "recovered")
 
@@ -60,7 +60,7 @@ async def test_impossible_date_is_corrupt_and_does_not_stop_the_start(tmp_path: 
     path = tmp_path / "users" / "ben" / "dialogs" / "current.yaml"
     path.parent.mkdir(parents=True)
     path.write_text("user_id: ben\nsession_id: s\nstarted_at: 2024-13-01\nmessages:\n")
-    async with ChatServer(Settings(data_dir=tmp_path)) as chat:
+    async with ChatServer(Settings(chat_model="echo", data_dir=tmp_path)) as chat:
         with pytest.raises(CorruptDialogError, match=str(path)):
             await chat.get_current_dialog("ben")
 
@@ -71,7 +71,7 @@ async def test_stray_directories_are_ignored_at_start(tmp_path: Path) -> None:
         stray = tmp_path / "users" / name / "dialogs"
         stray.mkdir(parents=True)
         (stray / "current.yaml").write_text("user_id: x\n")
-    async with ChatServer(Settings(data_dir=tmp_path)) as chat:
+    async with ChatServer(Settings(chat_model="echo", data_dir=tmp_path)) as chat:
         assert await collect(chat, "cal", "hi") == "echo: hi"
 
 
@@ -79,7 +79,9 @@ async def test_failed_fsync_is_a_storage_error_and_leaves_no_record(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """If fsync fails the message is not acknowledged and not left in the file."""
-    async with ChatServer(Settings(data_dir=tmp_path, durability="always")) as chat:
+    async with ChatServer(
+        Settings(chat_model="echo", data_dir=tmp_path, durability="always")
+    ) as chat:
         await collect(chat, "dee", "kept")
         path = tmp_path / "users" / "dee" / "dialogs" / "current.yaml"
         before = path.read_bytes()
@@ -196,7 +198,7 @@ async def test_crash_inside_create_leaves_the_dialog_current(tmp_path: Path) -> 
     await store.append("lou", "s", T0, Message("user", "first", T0), first=True)
     directory = tmp_path / "users" / "lou" / "dialogs"
     os.link(directory / "current.yaml", directory / "current.yaml.new")
-    async with ChatServer(Settings(data_dir=tmp_path)) as chat:
+    async with ChatServer(Settings(chat_model="echo", data_dir=tmp_path)) as chat:
         [archive] = await chat.list_archives("lou")
         dialog = await chat.get_archive("lou", archive.archive_id)
         assert [m.content for m in dialog.messages] == ["first"]

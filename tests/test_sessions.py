@@ -137,7 +137,7 @@ async def test_closed_server_refuses_work(server: ServerFactory) -> None:
         await chat.start_user_session("alice")
     with pytest.raises(RuntimeError, match="Cannot reopen"):
         await chat.__aenter__()
-    fresh = ChatServer(Settings())
+    fresh = ChatServer(Settings(chat_model="echo"))
     with pytest.raises(ServerClosedError, match="async with"):
         fresh.chat_with_history("alice", "hi")
 

@@ -78,6 +78,48 @@ def test_debug_patterns() -> None:
     assert not Settings(debug="http:*").session_debug
 
 
+def test_model_variables_are_read() -> None:
+    """The model's variables reach Settings with their units."""
+    settings = Settings.from_env(
+        {
+            "CHAT_MODEL": "openai:llama3.2",
+            "OPENAI_BASE_URL": "http://127.0.0.1:11434/v1",
+            "OPENAI_API_KEY": "k",
+            "SYSTEM_PROMPT": "Be brief.",
+            "MODEL_PATH": "/models/x.gguf",
+            "MODEL_THREADS": "4",
+            "MODEL_CONTEXT": "8192",
+            "MODEL_MAX_TOKENS": "256",
+            "MODEL_TIMEOUT": "30",
+            "MODEL_RETRIES": "0",
+            "MODEL_QUEUE_TIMEOUT": "5",
+        }
+    )
+    assert settings.chat_model == "openai:llama3.2"
+    assert settings.openai_base_url == "http://127.0.0.1:11434/v1"
+    assert settings.openai_api_key == "k"
+    assert settings.system_prompt == "Be brief."
+    assert settings.model_path == Path("/models/x.gguf")
+    assert (settings.model_threads, settings.model_context) == (4, 8192)
+    assert (settings.model_max_tokens, settings.model_retries) == (256, 0)
+    assert (settings.model_timeout, settings.model_queue_timeout) == (30, 5)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("MODEL_THREADS", "0", "MODEL_THREADS='0' is not accepted: expected a whole number"),
+        ("MODEL_CONTEXT", "big", "MODEL_CONTEXT='big' is not accepted"),
+        ("MODEL_RETRIES", "-1", "MODEL_RETRIES"),
+        ("MODEL_TIMEOUT", "0", "MODEL_TIMEOUT='0' is not accepted: expected a number of sec"),
+    ],
+)
+def test_bad_model_values_name_the_variable(variable: str, value: str, expected: str) -> None:
+    """A bad model setting fails at start, naming the variable."""
+    with pytest.raises(ConfigError, match=expected):
+        Settings.from_env({variable: value})
+
+
 def test_server_settings_read_their_variables() -> None:
     """HOST, PORT, JWT, CORS and limit variables reach the server settings."""
     settings = Settings.from_env(
@@ -121,4 +163,4 @@ def test_empty_variables_mean_the_default() -> None:
     """VAR= (set but empty, as compose files do) is the same as unset."""
     settings = Settings.from_env({"AUTO_ARCHIVE_ON_DISCONNECT": "", "CHAT_MODEL": " "})
     assert settings.auto_archive_on_disconnect is True
-    assert settings.chat_model == "echo"
+    assert settings.chat_model == "auto"

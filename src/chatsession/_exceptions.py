@@ -17,7 +17,13 @@ caller never has to catch another library's exceptions::
     │   └── StorageFullError     the disk is full (or a file size limit was hit)
     ├── ModelError               the chat model failed
     │   ├── ModelOutputError     the reply is not what was asked for (JSON that does not parse)
-    │   └── ModelTimeoutError    the chat model did not answer in time
+    │   ├── ModelTimeoutError    the chat model did not answer in time
+    │   │   └── ModelBusyError   the local model stayed busy with others past the bounded wait
+    │   ├── ModelUnavailableError    the model's endpoint cannot be reached, or keeps failing
+    │   ├── ModelAuthenticationError no API key, or the endpoint refused it
+    │   ├── ModelNotFoundError       the endpoint does not serve that model; no weights file
+    │   ├── ModelRateLimitError      the endpoint still rate-limits after the retries
+    │   └── ModelContextLengthError  the conversation does not fit the model's context window
     └── RequestError             the server refuses a client's request; carries an HTTP status
         ├── AuthenticationError  401: no identity, or a token that does not verify
         ├── PermissionDenied     403: another user's stream or dialogs, or not an admin
@@ -42,9 +48,15 @@ __all__ = [
     "InvalidRequest",
     "InvalidSessionId",
     "InvalidUserId",
+    "ModelAuthenticationError",
+    "ModelBusyError",
+    "ModelContextLengthError",
     "ModelError",
+    "ModelNotFoundError",
     "ModelOutputError",
+    "ModelRateLimitError",
     "ModelTimeoutError",
+    "ModelUnavailableError",
     "PayloadTooLarge",
     "PermissionDenied",
     "RequestError",
@@ -118,6 +130,30 @@ class ModelOutputError(ModelError):
 
 class ModelTimeoutError(ModelError):
     """The chat model did not answer in time."""
+
+
+class ModelBusyError(ModelTimeoutError):
+    """A generation waited for the local model longer than allowed; others were ahead."""
+
+
+class ModelUnavailableError(ModelError):
+    """The model's endpoint cannot be reached, or answered with server errors past retries."""
+
+
+class ModelAuthenticationError(ModelError):
+    """No API key was given where one is needed, or the endpoint refused the key."""
+
+
+class ModelNotFoundError(ModelError):
+    """The endpoint does not serve the model named, or a model file does not exist."""
+
+
+class ModelRateLimitError(ModelError):
+    """The endpoint still answered "too many requests" after the retries."""
+
+
+class ModelContextLengthError(ModelError):
+    """The conversation sent does not fit the model's context window."""
 
 
 class RequestError(ChatSessionError):

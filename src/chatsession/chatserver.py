@@ -66,7 +66,9 @@ class ChatServer:
             if store is not None
             else open_store(self.settings.data_dir, self.settings.durability)
         )
-        self.model = model if model is not None else load_model(self.settings.chat_model)
+        self.model = (
+            model if model is not None else load_model(self.settings.chat_model, self.settings)
+        )
         self._events = EventEmitter()
         self._sessions = SessionManager(self.settings, self.store, self.model, self._events)
         self._state = _State.UNOPENED

@@ -14,7 +14,19 @@ variable                       meaning                                    defaul
                                flight before cancelling them
 ``DURABILITY``                 ``always``, ``batch`` or ``never``         ``batch``
 ``FSYNC_INTERVAL``             ms between flushes under ``batch``         ``200``
-``CHAT_MODEL``                 the chat model (``echo``)                  ``echo``
+``CHAT_MODEL``                 ``auto``, ``local``, ``openai:<model>``    ``auto``
+                               or ``echo`` (see `chatsession.models`)
+``SYSTEM_PROMPT``              the system message sent before the dialog  empty
+``OPENAI_BASE_URL``            an OpenAI-compatible endpoint              OpenAI's
+``OPENAI_API_KEY``             its API key                                none
+``MODEL_PATH``                 a GGUF file for the local model            SmolLM2-135M
+``MODEL_THREADS``              CPU threads of the local model             every core
+``MODEL_CONTEXT``              the model's context window, in tokens      4096 (local)
+``MODEL_MAX_TOKENS``           the longest reply, in tokens               ``512``
+``MODEL_TIMEOUT``              seconds an endpoint may stay silent        ``60``
+``MODEL_RETRIES``              retries on 429 and 5xx before a reply      ``2``
+``MODEL_QUEUE_TIMEOUT``        seconds a chat waits for the busy local    ``60``
+                               model before it gives up
 ``DEBUG``                      ``session:*`` turns on session debug logs  empty
 ``HOST``                       the address ``chatsession serve`` binds    ``127.0.0.1``
 ``PORT``                       the port it listens on                     ``8000``
@@ -54,7 +66,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -83,7 +95,17 @@ class Settings:
     shutdown_grace: float = 10.0
     durability: Durability = "batch"
     fsync_interval: float = 0.2
-    chat_model: str = "echo"
+    chat_model: str = "auto"
+    system_prompt: str = ""
+    openai_base_url: str | None = None
+    openai_api_key: str | None = field(default=None, repr=False)
+    model_path: Path | None = None
+    model_threads: int | None = None
+    model_context: int | None = None
+    model_max_tokens: int = 512
+    model_timeout: float = 60.0
+    model_retries: int = 2
+    model_queue_timeout: float = 60.0
     debug: str = ""
     host: str = "127.0.0.1"
     port: int = 8000
@@ -109,6 +131,8 @@ class Settings:
                 "elsewhere, pass a store to ChatServer (chatsession.storage.open_store)"
             )
         object.__setattr__(self, "data_dir", Path(self.data_dir))
+        if self.model_path is not None:
+            object.__setattr__(self, "model_path", Path(self.model_path))
         for name in ("session_timeout", "session_check_interval", "fsync_interval"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be greater than 0, got {getattr(self, name)!r}")
@@ -120,7 +144,17 @@ class Settings:
                 f"durability must be one of {', '.join(DURABILITY_MODES)}, got {self.durability!r}"
             )
         if not self.chat_model:
-            raise ConfigError("chat_model must name a model, such as 'echo'")
+            raise ConfigError("chat_model must name a model, such as 'auto' or 'echo'")
+        for name in ("model_threads", "model_context"):
+            if getattr(self, name) is not None and not getattr(self, name) >= 1:
+                raise ConfigError(f"{name} must be 1 or more, got {getattr(self, name)!r}")
+        if not self.model_max_tokens >= 1:
+            raise ConfigError(f"model_max_tokens must be 1 or more, got {self.model_max_tokens!r}")
+        if not self.model_retries >= 0:
+            raise ConfigError(f"model_retries must be 0 or more, got {self.model_retries!r}")
+        for name in ("model_timeout", "model_queue_timeout"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be greater than 0, got {getattr(self, name)!r}")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be between 0 and 65535, got {self.port!r}")
         if self.jwt_secret and self.jwt_public_key:
@@ -212,6 +246,13 @@ def _durability(raw: str) -> Durability:
     return cast(Durability, lowered)
 
 
+def _positive_count(raw: str) -> int:
+    value = _count(raw)
+    if value == 0:
+        raise ValueError("expected a whole number greater than 0")
+    return value
+
+
 def _directory(raw: str) -> Path:
     if "://" in raw:
         raise ValueError("expected a directory, not a URL")
@@ -265,6 +306,16 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "DURABILITY": ("durability", _durability),
     "FSYNC_INTERVAL": ("fsync_interval", _milliseconds),
     "CHAT_MODEL": ("chat_model", _nonempty),
+    "SYSTEM_PROMPT": ("system_prompt", str),
+    "OPENAI_BASE_URL": ("openai_base_url", lambda raw: raw or None),
+    "OPENAI_API_KEY": ("openai_api_key", lambda raw: raw or None),
+    "MODEL_PATH": ("model_path", lambda raw: Path(raw) if raw else None),
+    "MODEL_THREADS": ("model_threads", _positive_count),
+    "MODEL_CONTEXT": ("model_context", _positive_count),
+    "MODEL_MAX_TOKENS": ("model_max_tokens", _positive_count),
+    "MODEL_TIMEOUT": ("model_timeout", _positive_seconds),
+    "MODEL_RETRIES": ("model_retries", _count),
+    "MODEL_QUEUE_TIMEOUT": ("model_queue_timeout", _positive_seconds),
     "DEBUG": ("debug", str),
     "HOST": ("host", _nonempty),
     "PORT": ("port", _port),

@@ -77,6 +77,7 @@ def live(tmp_path: Path) -> LiveFactory:
     async def run(**settings: Any) -> AsyncIterator[Live]:
         settings.setdefault("data_dir", tmp_path / "data")
         settings.setdefault("shutdown_grace", 2.0)
+        settings.setdefault("chat_model", "echo")
         config = Settings(**settings)
         server = build_server(config)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -133,7 +134,7 @@ class Process:
 def serve_process(data_dir: Path, *args: str, **env: str) -> Iterator[Process]:
     """``chatsession serve`` as a child process, ready to take requests."""
     port = free_port()
-    environment = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1", "CHAT_MODEL": "echo", **env}
     popen = subprocess.Popen(
         [
             sys.executable,
