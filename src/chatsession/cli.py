@@ -66,8 +66,14 @@ def _add_data_dir(parser: argparse.ArgumentParser) -> None:
 _FLAG_NAMES = {"chat_model": "--model"}
 
 
+# Secrets come from the environment only: a flag would show them in the process list.
+_SECRETS = frozenset(("jwt_secret", "openai_api_key"))
+
+
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
     for variable, (field_name, _parse) in environment_variables().items():
+        if field_name in _SECRETS:
+            continue
         flag = _FLAG_NAMES.get(field_name, "--" + field_name.replace("_", "-"))
         if field_name in ("auto_archive_on_disconnect", "trusted_proxy"):
             parser.add_argument(

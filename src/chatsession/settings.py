@@ -109,7 +109,7 @@ class Settings:
     debug: str = ""
     host: str = "127.0.0.1"
     port: int = 8000
-    jwt_secret: str = ""
+    jwt_secret: str = field(default="", repr=False)
     jwt_public_key: str = ""
     jwt_algorithms: tuple[str, ...] = ()
     jwt_audience: str = ""

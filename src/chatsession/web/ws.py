@@ -87,7 +87,8 @@ class _Conversation:
         self.connection = connection
         # Frames waiting while a reply streams; None means stop (peer gone, or shutdown).
         self.inbox: asyncio.Queue[str | bytes | None] = asyncio.Queue()
-        self.closed = asyncio.Event()
+        # Resolved when the peer is gone: a future, so each reply races it without a task.
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     async def run(self) -> None:
         reader = asyncio.ensure_future(self._read())
@@ -98,11 +99,15 @@ class _Conversation:
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
-        if self.web.drain.closing and not self.closed.is_set():
+        if self.web.drain.closing and not self.closed.done():
             await self._close(GOING_AWAY, "server shutting down")
 
     def _stop(self) -> None:
         self.inbox.put_nowait(None)
+
+    def _gone(self) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
 
     async def _read(self) -> None:
         # Sets `closed` when the peer is gone; being cancelled (we are closing) does not.
@@ -121,7 +126,7 @@ class _Conversation:
                 self.inbox.put_nowait(data if data is not None else message.get("bytes") or b"")
         except (WebSocketDisconnect, OSError, RuntimeError):
             self.connection.fail()
-        self.closed.set()
+        self._gone()
         self._stop()
 
     async def _handle(self, data: str | bytes) -> None:
@@ -136,7 +141,7 @@ class _Conversation:
                 return
             # The reply races the client's going away: whichever ends first stops the other,
             # and a cancelled reply is stored as far as it got, marked interrupted.
-            await race(self._reply(request), self.closed.wait())
+            await race(self._reply(request), self.closed)
         except ChatSessionError as exc:
             await self._send(error_frame(exc))
 
@@ -151,7 +156,7 @@ class _Conversation:
             await self.websocket.send_json(frame)
         except (WebSocketDisconnect, OSError, RuntimeError):
             # The peer is gone; the reader sees it too and ends the conversation.
-            self.closed.set()
+            self._gone()
             raise _PeerGone from None
 
     async def _close(self, code: int, reason: str) -> None:
