@@ -92,7 +92,9 @@ def _serve_chat_in_memory(port: int) -> None:
     from chatsession.web.app import create_app
     from chatsession.web.server import build_server
 
-    settings = Settings(host=HOST, port=port, rate_limit=0, max_connections_per_user=100_000)
+    settings = Settings(
+        host=HOST, port=port, rate_limit=0, max_connections_per_user=100_000, chat_model="echo"
+    )
     server = build_server(settings)
     server.config.app = create_app(settings, store=MemoryDialogStore(), drain=server.drain)
     server.run()
@@ -114,7 +116,7 @@ def _server(kind: str, data_dir: Path) -> Iterator[tuple[subprocess.Popen[bytes]
         command = [sys.executable, "-m", "bench.bench_server", "--serve-chat-memory", str(port)]
     else:
         command = [sys.executable, "-m", "chatsession", "serve", "--port", str(port)]
-        command += ["--data-dir", str(data_dir), "--rate-limit", "0"]
+        command += ["--data-dir", str(data_dir), "--rate-limit", "0", "--model", "echo"]
         command += ["--shutdown-grace", "10", "--max-connections-per-user", "100000"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
