@@ -6,7 +6,7 @@ import asyncio
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from chatsession.domain import Message, SessionInfo
 
@@ -19,38 +19,56 @@ class Session:
     def __init__(self, user_id: str, session_id: str | None) -> None:
         self.user_id = user_id
         self.session_id = session_id or uuid.uuid4().hex
-        self.started_at = time.time()
+        self.started_at = datetime.now(UTC)
         self.last_seen = time.monotonic()
         self.messages: list[Message] | None = None  # None until the first message is stored
         self.archive_id: str | None = None  # set when the session has ended
-
-    @property
-    def started_at_utc(self) -> datetime:
-        return datetime.fromtimestamp(self.started_at, UTC)
 
     def idle_for(self) -> float:
         return time.monotonic() - self.last_seen
 
     def info(self, connections: int, *, active: bool) -> SessionInfo:
-        last_activity = max(time.time() - self.idle_for(), self.started_at)
+        last_activity = max(datetime.now(UTC) - timedelta(seconds=self.idle_for()), self.started_at)
         return SessionInfo(
             user_id=self.user_id,
             session_id=self.session_id,
-            started_at=self.started_at_utc,
-            last_activity=datetime.fromtimestamp(last_activity, UTC),
+            started_at=self.started_at,
+            last_activity=last_activity,
             is_active=active,
             connections=connections,
         )
 
 
 class UserLock:
-    """A user's lock, kept only while someone holds or waits for it."""
+    """A user's lock, kept in ``locks`` only while someone holds or waits for it.
 
-    __slots__ = ("lock", "users")
+    ``async with`` holds it; first come, first served.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_locks", "lock", "user_id", "users")
+
+    def __init__(self, locks: dict[str, UserLock], user_id: str) -> None:
+        self._locks = locks
+        self.user_id = user_id
         self.lock = asyncio.Lock()
-        self.users = 0
+        self.users = 0  # holding or waiting
+
+    async def __aenter__(self) -> None:
+        self.users += 1
+        try:
+            await self.lock.acquire()
+        except BaseException:
+            self._leave()
+            raise
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.lock.release()
+        self._leave()
+
+    def _leave(self) -> None:
+        self.users -= 1
+        if not self.users:
+            del self._locks[self.user_id]
 
 
 @dataclass(slots=True)

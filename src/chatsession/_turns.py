@@ -1,9 +1,10 @@
-"""One chat turn: the task that runs it, and the channel its chunks travel by.
+"""One chat turn: the task that runs it, and the outbox its chunks travel by.
 
-A turn runs as a task the session manager owns. Its chunks go to the caller through a
-`Replies` channel; the caller takes whatever has arrived at once, and consecutive chunks of
-one kind are joined, so a caller that falls behind gets fewer, larger chunks (a WebSocket
-sends fewer frames) while one that keeps up still sees each chunk as soon as it exists.
+A turn runs as a task the session manager owns. Its chunks wait in the turn's outbox until
+the caller takes them; the caller takes whatever has arrived at once, and consecutive
+chunks of one kind are joined, so a caller that falls behind gets fewer, larger chunks (a
+WebSocket sends fewer frames) while one that keeps up still sees each chunk as soon as it
+exists.
 
 Stopping a turn is deferred while it stores a message: a write and the bookkeeping that
 records it are never split by a cancellation.
@@ -13,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncGenerator, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,17 +49,15 @@ class Turn:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    @contextmanager
-    def guarded(self) -> Iterator[None]:
-        """While inside, `cancel` waits: the turn is storing a message."""
+    def guard(self) -> None:
+        """Until the matching `unguard`, `cancel` waits: the turn is storing a message."""
         self._guards += 1
-        try:
-            yield
-        finally:
-            self._guards -= 1
-            if not self._guards and self._cancel_wanted:
-                self._cancel_wanted = False
-                self.cancel()
+
+    def unguard(self) -> None:
+        self._guards -= 1
+        if not self._guards and self._cancel_wanted:
+            self._cancel_wanted = False
+            self.cancel()
 
     def cancel(self) -> None:
         """Stop the turn now, or as soon as the message it is storing is stored."""
@@ -71,42 +68,48 @@ class Turn:
 
     # -- the caller's side -------------------------------------------------------------
 
-    async def chunks(self) -> AsyncGenerator[Chunk, None]:
-        """The reply as it arrives, joining what has piled up; raises the turn's error."""
-        while True:
-            while not self._items:
-                self._waiter = asyncio.get_running_loop().create_future()
-                try:
-                    await self._waiter
-                finally:
-                    self._waiter = None
-            batch = list(self._items)
-            self._items.clear()
-            answer: list[str] = []
-            thinking: list[str] = []
-            for item in batch:
-                if isinstance(item, TurnEnd):
-                    for joined in _joined(answer, thinking):
-                        yield joined
-                    if item.error is not None:
-                        raise item.error
-                    return
-                if isinstance(item, Reasoning):
-                    if answer:
-                        yield "".join(answer)
-                        answer.clear()
-                    thinking.append(item.text)
-                else:
-                    if thinking:
-                        yield Reasoning("".join(thinking))
-                        thinking.clear()
-                    answer.append(item)
-            for joined in _joined(answer, thinking):
-                yield joined
+    async def arrival(self) -> None:
+        """Wait until the outbox holds something."""
+        if self._items:
+            return
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def take(self) -> tuple[list[Chunk], TurnEnd | None]:
+        """Everything that has arrived, runs of one kind joined; and the end, if reached."""
+        items = self._items
+        if len(items) == 1:  # keeping up: one item at a time, as it comes
+            item = items.popleft()
+            if isinstance(item, TurnEnd):
+                return [], item
+            return [item], None
+        chunks: list[Chunk] = []
+        answer: list[str] = []
+        thinking: list[str] = []
+        while items:
+            item = items.popleft()
+            if isinstance(item, str):
+                if thinking:
+                    chunks.append(Reasoning("".join(thinking)))
+                    thinking.clear()
+                answer.append(item)
+            elif isinstance(item, Reasoning):
+                if answer:
+                    chunks.append("".join(answer))
+                    answer.clear()
+                thinking.append(item.text)
+            else:
+                _join(chunks, answer, thinking)
+                return chunks, item
+        _join(chunks, answer, thinking)
+        return chunks, None
 
 
-def _joined(answer: list[str], thinking: list[str]) -> Iterator[Chunk]:
+def _join(chunks: list[Chunk], answer: list[str], thinking: list[str]) -> None:
     if thinking:
-        yield Reasoning("".join(thinking))
+        chunks.append(Reasoning("".join(thinking)))
     if answer:
-        yield "".join(answer)
+        chunks.append("".join(answer))

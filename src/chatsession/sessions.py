@@ -304,19 +304,12 @@ class SessionManager:
             )
             self.events.emit("session_event", event)
 
-    @asynccontextmanager
-    async def _locked(self, user_id: str) -> AsyncIterator[None]:
+    def _locked(self, user_id: str) -> UserLock:
+        """``async with self._locked(user_id):`` holds the user's lock."""
         entry = self._locks.get(user_id)
         if entry is None:
-            entry = self._locks[user_id] = UserLock()
-        entry.users += 1
-        try:
-            async with entry.lock:
-                yield
-        finally:
-            entry.users -= 1
-            if not entry.users:
-                del self._locks[user_id]
+            entry = self._locks[user_id] = UserLock(self._locks, user_id)
+        return entry
 
     def _start_task(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         if self._spawn is None:
@@ -388,28 +381,32 @@ class SessionManager:
         check_user_id(user_id)
         _check_text(text)
         turn = Turn()
-        turn.task = self._start_task(
+        task = turn.task = self._start_task(
             self._turn(turn, user_id, text, json_output, reasoning_enabled)
         )
-        self._turns[turn.task] = turn
-
-        def finished(task: asyncio.Task[None]) -> None:
-            del self._turns[task]
-            if task.cancelled():  # by shutdown, perhaps before it ever ran
-                turn.put(
-                    TurnEnd(ServerClosedError("The server shut down before the reply finished."))
-                )
-
-        turn.task.add_done_callback(finished)
+        self._turns[task] = turn
+        task.add_done_callback(self._turn_done)
         try:
-            async for chunk in turn.chunks():
-                yield chunk
+            while True:
+                await turn.arrival()
+                chunks, end = turn.take()
+                for chunk in chunks:
+                    yield chunk
+                if end is not None:
+                    if end.error is not None:
+                        raise end.error
+                    return
         finally:
-            if not turn.task.done():
+            if not task.done():
                 # The caller left mid-reply: stop the model, and let the partial reply be
                 # stored before the caller goes on.
                 turn.cancel()
-                await asyncio.wait([turn.task])
+                await asyncio.wait([task])
+
+    def _turn_done(self, task: asyncio.Task[None]) -> None:
+        turn = self._turns.pop(task)
+        if task.cancelled():  # by shutdown, perhaps before it ever ran
+            turn.put(TurnEnd(ServerClosedError("The server shut down before the reply finished.")))
 
     async def _turn(
         self, turn: Turn, user_id: str, text: str, json_output: bool, reasoning: bool
@@ -421,15 +418,15 @@ class SessionManager:
                     raise ServerClosedError("Cannot chat: the server is shutting down.")
                 session = self._current_or_new(user_id, None)
                 await self._store(turn, session, Message("user", text))
-                async for chunk in self._reply(turn, session, json_output, reasoning):
-                    turn.put(chunk)
+                await self._reply(turn, session, json_output, reasoning)
         except Exception as exc:
             error = exc
         turn.put(TurnEnd(error))
 
     async def _reply(
         self, turn: Turn, session: Session, json_output: bool, reasoning: bool
-    ) -> AsyncGenerator[Chunk, None]:
+    ) -> None:
+        """Stream the model's reply into ``turn``, then store it (partial, if cut short)."""
         answer: list[str] = []
         thinking: list[str] = []
         finished = False
@@ -445,12 +442,15 @@ class SessionManager:
                         thinking.append(chunk.text)
                     else:
                         answer.append(chunk)
+                    turn.put(chunk)
                     self._touch(session)
-                    yield chunk
-            finally:
+            except BaseException:
+                # Stopped midway: let the model release what it holds. (A stream that ran
+                # to its end has closed itself.)
                 close = getattr(stream, "aclose", None)
                 if close is not None:
                     await close()
+                raise
             finished = True
             if json_output:
                 error = _json_error("".join(answer))
@@ -473,15 +473,22 @@ class SessionManager:
 
     async def _store(self, turn: Turn, session: Session, message: Message) -> None:
         """Store ``message`` and remember it, as one step; only a stored one is remembered."""
-        with turn.guarded():
-            first = session.messages is None
+        turn.guard()
+        try:
+            messages = session.messages
             await self.store.append(
-                session.user_id, session.session_id, session.started_at_utc, message, first=first
+                session.user_id,
+                session.session_id,
+                session.started_at,
+                message,
+                first=messages is None,
             )
-            if session.messages is None:
-                session.messages = []
-            session.messages.append(message)
+            if messages is None:
+                messages = session.messages = []
+            messages.append(message)
             self._touch(session)
+        finally:
+            turn.unguard()
 
 
 async def _complete(coroutine: Coroutine[Any, Any, T]) -> T:

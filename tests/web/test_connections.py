@@ -222,3 +222,50 @@ async def test_sse_channel_carries_session_events(live: LiveFactory) -> None:
             frame = json.loads((await anext(events)).data)
         assert frame["event"] == "connection_opened"
         assert (frame["userId"], frame["sessionId"]) == ("alice", session)
+
+
+async def test_leaving_at_any_moment_ends_each_session_once_with_every_turn_whole(
+    live: LiveFactory,
+) -> None:
+    """Clients that leave at random moments — before, during or after a reply, with more
+    messages queued — never break the server or a dialog: each session is archived once,
+    and every user message is followed by its reply (whole, or cut and marked interrupted),
+    but for a last one the client left before its reply began.
+    """
+    rounds = 60
+    random = __import__("random").Random(7)
+
+    async def one(user: str, server_url: str) -> None:
+        async with connect(server_url, additional_headers={"x-user-id": user}) as ws:
+            await ws.recv()
+            for _ in range(random.randint(1, 3)):
+                await ws.send(json.dumps({"text": "one two three four five six"}))
+            await asyncio.sleep(random.uniform(0, 0.03))
+
+    async with live(chat_model="echo?delay=0.002") as server:
+        users = [f"leaver{i}" for i in range(rounds)]
+        for batch in range(0, rounds, 10):
+            await asyncio.gather(*(one(user, server.ws_url) for user in users[batch : batch + 10]))
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            deadline = asyncio.get_running_loop().time() + 5
+            while (await http.get("/health")).json()["activeSessions"]:
+                assert asyncio.get_running_loop().time() < deadline, "sessions linger"
+                await asyncio.sleep(0.05)
+        for user in users:
+            archives = await server.archives(user)
+            assert len(archives) <= 1, archives  # ended once (none: it never chatted)
+            if not archives:
+                continue
+            assert archives[0].end_reason == "disconnect"
+            dialog = await server.store().load_archive(user, archives[0].archive_id)
+            roles = [m.role for m in dialog.messages]
+            # A reply cut before its first chunk leaves nothing to store after the last
+            # message; everywhere else each message has its reply.
+            assert roles == ["user", "assistant"] * (len(roles) // 2) + ["user"] * (
+                len(roles) % 2
+            ), roles
+            for reply in dialog.messages[1::2]:
+                full = "echo: one two three four five six"
+                assert reply.content == full or (
+                    reply.interrupted and full.startswith(reply.content)
+                )

@@ -59,6 +59,15 @@ class Metrics:
             registry=self.registry,
         )
 
+        # One child per label value, looked up once rather than on every message.
+        self._messages_by_transport: dict[str, Counter] = {}
+
+    def count_message(self, transport: str) -> None:
+        counter = self._messages_by_transport.get(transport)
+        if counter is None:
+            counter = self._messages_by_transport[transport] = self.messages.labels(transport)
+        counter.inc()
+
     def watch(self, chat: ChatServer) -> None:
         """Count ``chat``'s sessions as they start and end."""
         self.active_sessions.set_function(lambda: len(chat.sessions))

@@ -35,6 +35,7 @@ __all__ = [
     "Frame",
     "PingRequest",
     "chunk_frame",
+    "encode_frame",
     "error_frame",
     "event_frame",
     "parse_chat_body",
@@ -114,6 +115,10 @@ def _chat_request(document: dict[str, Any], text_field: str) -> ChatRequest:
             raise InvalidRequest(f"'{name}' must be true or false, got {type(value).__name__}")
         flags.append(value)
     return ChatRequest(text, json_output=flags[0], reasoning_enabled=flags[1])
+
+
+# Compact, and UTF-8 as it is: a frame is sent as text, so escaping is not needed.
+encode_frame = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def chunk_frame(chunk: Chunk) -> Frame:

@@ -12,6 +12,8 @@ from chatsession.web.protocol import ChatRequest, Frame, chunk_frame
 
 __all__ = ["reply_frames"]
 
+_DONE: Frame = {"type": "done"}
+
 
 async def reply_frames(
     web: WebState, identity: Identity, request: ChatRequest, transport: str
@@ -22,12 +24,14 @@ async def reply_frames(
     closes the model stream, and the partial reply is stored marked interrupted. Errors of
     the core (`ChatSessionError`) propagate for the transport to report.
     """
-    web.rate.check(identity.user_id)
-    web.metrics.messages.labels(transport).inc()
+    user_id = identity.user_id
+    channels = web.channels
+    web.rate.check(user_id)
+    web.metrics.count_message(transport)
     started = time.perf_counter()
     first = True
     stream = web.chat.chat_with_history(
-        identity.user_id,
+        user_id,
         request.text,
         json_output=request.json_output,
         reasoning_enabled=request.reasoning_enabled,
@@ -38,9 +42,10 @@ async def reply_frames(
                 web.metrics.first_chunk_seconds.observe(time.perf_counter() - started)
                 first = False
             frame = chunk_frame(chunk)
-            web.channels.publish(identity.user_id, frame)
+            if channels.has_subscribers(user_id):
+                channels.publish(user_id, frame)
             yield frame
     web.metrics.model_seconds.observe(time.perf_counter() - started)
-    done: Frame = {"type": "done"}
-    web.channels.publish(identity.user_id, done)
-    yield done
+    if channels.has_subscribers(user_id):
+        channels.publish(user_id, _DONE)
+    yield _DONE

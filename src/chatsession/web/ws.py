@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import aclosing, suppress
-from typing import Any
 
 from fastapi import APIRouter
 from starlette.responses import JSONResponse
@@ -20,10 +19,15 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from chatsession._exceptions import ChatSessionError, RequestError
 from chatsession._state import Connection
-from chatsession.web._race import race
 from chatsession.web._state import WebState, identify, requested_session_id, web_state
 from chatsession.web.auth import Identity
-from chatsession.web.protocol import ChatRequest, PingRequest, error_frame, parse_ws_frame
+from chatsession.web.protocol import (
+    Frame,
+    PingRequest,
+    encode_frame,
+    error_frame,
+    parse_ws_frame,
+)
 from chatsession.web.replies import reply_frames
 
 __all__ = ["router"]
@@ -36,6 +40,7 @@ GOING_AWAY = 1001
 # Frames a client may send ahead while a reply streams; more are refused, not buffered.
 _BACKLOG = 32
 _BACKLOG_FULL = f"too many messages waiting for a reply (at most {_BACKLOG}); this one was dropped"
+_PONG: Frame = {"type": "pong"}
 
 
 @router.websocket("/ws")
@@ -50,7 +55,9 @@ async def websocket_chat(websocket: WebSocket) -> None:
             session_id = requested_session_id(websocket)
             async with web.chat.connect(identity.user_id, session_id) as connection:
                 await websocket.accept(headers=[(b"x-session-id", connection.session_id.encode())])
-                await websocket.send_json({"type": "session", "sessionId": connection.session_id})
+                await websocket.send_text(
+                    encode_frame({"type": "session", "sessionId": connection.session_id})
+                )
                 await _Conversation(web, websocket, identity, connection).run()
     except RequestError as exc:
         await _deny(websocket, exc.status, str(exc))
@@ -76,7 +83,13 @@ async def _deny(websocket: WebSocket, status: int, message: str) -> None:
 
 
 class _Conversation:
-    """One accepted WebSocket: a reader task fills the inbox; replies race its closing."""
+    """One accepted WebSocket: a reader task fills the inbox; the handler answers in order.
+
+    The handler answers each frame in the connection's own task. When the reader finds the
+    peer gone while a reply streams, it cancels that reply (and only that: the cancellation
+    is taken back once the reply has stopped), so the model stops and the partial reply is
+    stored marked interrupted.
+    """
 
     def __init__(
         self, web: WebState, websocket: WebSocket, identity: Identity, connection: Connection
@@ -87,8 +100,10 @@ class _Conversation:
         self.connection = connection
         # Frames waiting while a reply streams; None means stop (peer gone, or shutdown).
         self.inbox: asyncio.Queue[str | bytes | None] = asyncio.Queue()
-        # Resolved when the peer is gone: a future, so each reply races it without a task.
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.closed = False  # the peer is gone
+        self._handler = asyncio.current_task()
+        self._replying = False
+        self._stopped_reply = False  # the reader cancelled the handler to stop a reply
 
     async def run(self) -> None:
         reader = asyncio.ensure_future(self._read())
@@ -99,18 +114,14 @@ class _Conversation:
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
-        if self.web.drain.closing and not self.closed.done():
+        if self.web.drain.closing and not self.closed:
             await self._close(GOING_AWAY, "server shutting down")
 
     def _stop(self) -> None:
         self.inbox.put_nowait(None)
 
-    def _gone(self) -> None:
-        if not self.closed.done():
-            self.closed.set_result(None)
-
     async def _read(self) -> None:
-        # Sets `closed` when the peer is gone; being cancelled (we are closing) does not.
+        # Marks the peer gone when it is; being cancelled (we are closing) does not.
         try:
             while True:
                 message = await self.websocket.receive()
@@ -126,37 +137,49 @@ class _Conversation:
                 self.inbox.put_nowait(data if data is not None else message.get("bytes") or b"")
         except (WebSocketDisconnect, OSError, RuntimeError):
             self.connection.fail()
-        self._gone()
+        self.closed = True
+        if self._replying and self._handler is not None and not self._stopped_reply:
+            self._stopped_reply = True
+            self._handler.cancel()
         self._stop()
 
     async def _handle(self, data: str | bytes) -> None:
-        with suppress(_PeerGone):
+        try:
             await self._answer(data)
+        except _PeerGone:
+            pass
+        except asyncio.CancelledError:
+            # Stopped by the reader because the peer left; any other cancellation goes on.
+            if self._stopped_reply and self._handler is not None and not self._handler.uncancel():
+                self._stopped_reply = False
+                return
+            raise
 
     async def _answer(self, data: str | bytes) -> None:
         try:
             request = parse_ws_frame(data, self.web.settings.max_message_bytes)
             if isinstance(request, PingRequest):
-                await self._send({"type": "pong"})
+                await self._send(_PONG)
                 return
-            # The reply races the client's going away: whichever ends first stops the other,
-            # and a cancelled reply is stored as far as it got, marked interrupted.
-            await race(self._reply(request), self.closed)
+            if self.closed:
+                return  # nobody to answer
+            self._replying = True
+            try:
+                frames = reply_frames(self.web, self.identity, request, "websocket")
+                async with aclosing(frames):
+                    async for frame in frames:
+                        await self._send(frame)
+            finally:
+                self._replying = False
         except ChatSessionError as exc:
             await self._send(error_frame(exc))
 
-    async def _reply(self, request: ChatRequest) -> None:
-        frames = reply_frames(self.web, self.identity, request, "websocket")
-        async with aclosing(frames):
-            async for frame in frames:
-                await self._send(frame)
-
-    async def _send(self, frame: dict[str, Any]) -> None:
+    async def _send(self, frame: Frame) -> None:
         try:
-            await self.websocket.send_json(frame)
+            await self.websocket.send({"type": "websocket.send", "text": encode_frame(frame)})
         except (WebSocketDisconnect, OSError, RuntimeError):
             # The peer is gone; the reader sees it too and ends the conversation.
-            self._gone()
+            self.closed = True
             raise _PeerGone from None
 
     async def _close(self, code: int, reason: str) -> None:
