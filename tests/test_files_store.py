@@ -21,6 +21,7 @@ from chatsession import (
     DialogNotFound,
     Message,
     Settings,
+    StorageError,
     StorageFullError,
 )
 from chatsession.models import EchoModel
@@ -267,3 +268,140 @@ async def test_large_batched_flush_syncs_the_file_system_once(tmp_path: Path) ->
     assert len(store._unsynced) > 300
     await store.flush()
     assert not store._unsynced
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize("durability", ["batch", "never"])
+async def test_many_appends_then_archive_keep_every_message_in_order(
+    tmp_path: Path, durability: str
+) -> None:
+    """Appends through the open file reach the archive whole and in order."""
+    store = YamlDialogStore(tmp_path, durability)  # type: ignore[arg-type]
+    texts = [f"message {n}" for n in range(500)]
+    await store.append("mia", "s", T0, Message("user", texts[0], T0), first=True)
+    for text in texts[1:]:
+        await store.append("mia", "s", T0, Message("assistant", text, T0))
+    archive_id = await store.archive_current("mia", ended_at=T0, reason="manual")
+    assert archive_id is not None
+    archive = await store.load_archive("mia", archive_id)
+    assert [m.content for m in archive.messages] == texts
+    await store.aclose()
+
+
+async def test_more_users_than_open_files_still_store_every_message(tmp_path: Path) -> None:
+    """Past the bound the least recently used dialog is closed, and reopened when needed."""
+    store = YamlDialogStore(tmp_path, "batch", max_open_dialogs=3)
+    users = [f"u{n}" for n in range(10)]
+    for user in users:
+        await store.append(user, "s", T0, Message("user", f"{user} 0", T0), first=True)
+    for round_ in range(1, 6):
+        for user in users:
+            await store.append(user, "s", T0, Message("user", f"{user} {round_}", T0))
+            assert len(store._open) <= 3
+    for user in users:
+        dialog = await store.load_current(user)
+        assert dialog is not None
+        assert [m.content for m in dialog.messages] == [f"{user} {n}" for n in range(6)]
+    await store.aclose()
+
+
+async def test_failed_write_to_an_open_file_leaves_it_as_it_was(tmp_path: Path) -> None:
+    """A full disk under an open dialog: the file is unchanged, and later appends work."""
+    with _small_disk(tmp_path / "disk") as data:
+        store = YamlDialogStore(data, "batch")
+        await store.append("ned", "s", T0, Message("user", "first", T0), first=True)
+        await store.append("ned", "s", T0, Message("assistant", "second", T0))
+        path = _current(data, "ned")
+        before = path.read_bytes()
+        for _ in range(2):  # from the file kept open at creation, then from a reopened one
+            with pytest.raises(StorageFullError):
+                await store.append("ned", "s", T0, Message("user", "x" * 100_000, T0))
+            assert path.read_bytes() == before
+            await store.append("ned", "s", T0, Message("user", "small again", T0))
+            before = path.read_bytes()
+        dialog = await store.load_current("ned")
+        assert dialog is not None
+        contents = [m.content for m in dialog.messages]
+        assert contents == ["first", "second", "small again", "small again"]
+        await store.aclose()
+
+
+async def test_archive_then_a_new_session_writes_a_new_file(tmp_path: Path) -> None:
+    """After archiving, nothing is written into the archived file, by any later append."""
+    store = YamlDialogStore(tmp_path, "never")
+    await store.append("ora", "old", T0, Message("user", "old 1", T0), first=True)
+    await store.append("ora", "old", T0, Message("user", "old 2", T0))
+    archive_id = await store.archive_current("ora", ended_at=T0, reason="manual")
+    assert archive_id is not None
+    with pytest.raises(StorageError):  # no current dialog: nothing may reach the archive
+        await store.append("ora", "old", T0, Message("user", "late", T0))
+    await store.append("ora", "new", T0, Message("user", "new 1", T0), first=True)
+    await store.append("ora", "new", T0, Message("user", "new 2", T0))
+    archive = await store.load_archive("ora", archive_id)
+    assert [m.content for m in archive.messages] == ["old 1", "old 2"]
+    current = await store.load_current("ora")
+    assert current is not None
+    assert (current.session_id, [m.content for m in current.messages]) == (
+        "new",
+        ["new 1", "new 2"],
+    )
+    await store.aclose()
+
+
+async def test_a_session_over_an_open_leftover_archives_all_of_it(tmp_path: Path) -> None:
+    """A dialog still open when a new session starts is archived whole; the new one is apart."""
+    store = YamlDialogStore(tmp_path, "batch")
+    await store.append("pat", "old", T0, Message("user", "old 1", T0), first=True)
+    await store.append("pat", "old", T0, Message("user", "old 2", T0))
+    await store.append("pat", "new", T0, Message("user", "new 1", T0), first=True)
+    await store.append("pat", "new", T0, Message("user", "new 2", T0))
+    [summary] = await store.list_archives("pat")
+    archive = await store.load_archive("pat", summary.archive_id)
+    assert [m.content for m in archive.messages] == ["old 1", "old 2"]
+    current = await store.load_current("pat")
+    assert current is not None
+    assert [m.content for m in current.messages] == ["new 1", "new 2"]
+    await store.aclose()
+
+
+async def test_recovering_an_open_dialog_closes_it_first(tmp_path: Path) -> None:
+    """recover_current on a dialog the store holds open archives it; nothing follows it."""
+    store = YamlDialogStore(tmp_path, "never")
+    await store.append("quin", "s", T0, Message("user", "one", T0), first=True)
+    await store.append("quin", "s", T0, Message("user", "two", T0))
+    archive_id = await store.recover_current("quin", ended_at=T0)
+    assert archive_id is not None
+    with pytest.raises(StorageError):
+        await store.append("quin", "s", T0, Message("user", "late", T0))
+    await store.append("quin", "t", T0, Message("user", "three", T0), first=True)
+    archive = await store.load_archive("quin", archive_id)
+    assert [m.content for m in archive.messages] == ["one", "two"]
+    await store.aclose()
+
+
+async def test_aclose_closes_every_open_dialog(tmp_path: Path) -> None:
+    """No descriptor outlives aclose(); a closed store still appends, keeping nothing open."""
+    before = _open_descriptors()
+    store = YamlDialogStore(tmp_path, "batch")
+    for n in range(20):
+        await store.append(f"r{n}", "s", T0, Message("user", "hi", T0), first=True)
+    assert _open_descriptors() == before + 20
+    await store.aclose()
+    assert _open_descriptors() == before
+    await store.append("r0", "s", T0, Message("user", "after", T0))
+    assert _open_descriptors() == before
+    dialog = await store.load_current("r0")
+    assert dialog is not None
+    assert [m.content for m in dialog.messages] == ["hi", "after"]
+
+
+async def test_always_keeps_no_file_open(tmp_path: Path) -> None:
+    """Under always every append opens, fsyncs and closes the file in a worker thread."""
+    store = YamlDialogStore(tmp_path, "always")
+    await store.append("sam", "s", T0, Message("user", "one", T0), first=True)
+    await store.append("sam", "s", T0, Message("user", "two", T0))
+    assert len(store._open) == 0
+    await store.aclose()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -156,3 +156,45 @@ def test_fast_record_writer_round_trips_any_text() -> None:
         parsed = fmt.parse_dialog(fmt.dump_header("a", "s", T0) + record, PATH)
         assert parsed.messages == [message], repr(text)
         assert yaml.safe_load(record) == yaml.safe_load(fmt._dump([fmt._message_mapping(message)]))
+
+
+def _random_message(rng: random.Random, when: datetime) -> Message:
+    plain = "abcXYZ019 ,.!?()/_+=;$%^*'\"-"
+    tricky = plain + ":#{}[]&|>@`~\\\t\nü中\x7f"
+    alphabet = rng.choice((plain, plain, tricky))
+    content = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
+    content = rng.choice((content, content, content, rng.choice(("yes", "Off", "NULL", "n"))))
+    zone = rng.choice((UTC, UTC, UTC, timezone(timedelta(hours=5, minutes=30)), None))
+    timestamp = when.replace(tzinfo=zone, microsecond=rng.choice((0, when.microsecond)))
+    odd = rng.random() < 0.1
+    return Message(
+        rng.choice(("user", "assistant", "system")),
+        content,
+        timestamp,
+        interrupted=odd and rng.random() < 0.5,
+        reasoning="why" if odd and rng.random() < 0.5 else None,
+        error="bad" if odd and rng.random() < 0.5 else None,
+    )
+
+
+def test_direct_records_are_byte_for_byte_what_the_general_writer_makes() -> None:
+    """dump_message's shortcut writes exactly the general writer's bytes, which read back."""
+    rng = random.Random(2)
+    when = datetime(2024, 1, 15, 10, 58, 59, 999_000, tzinfo=UTC)
+    for _ in range(10_000):
+        when += timedelta(microseconds=rng.randint(1, 3_000_000))  # crosses many minutes
+        message = _random_message(rng, when)
+        record = fmt.dump_message(message)
+        assert record == fmt._dump_record(message), repr(message)
+        parsed = fmt.parse_dialog(fmt.dump_header("a", "s", T0) + record, PATH)
+        assert parsed.messages == [message], repr(message)
+
+
+def test_timestamps_are_written_as_isoformat_writes_them() -> None:
+    """The cached-minute timestamp writer matches isoformat, in time order or not."""
+    rng = random.Random(3)
+    base = datetime(1999, 12, 31, 23, 59, tzinfo=UTC)
+    stamps = [base + timedelta(microseconds=rng.randint(0, 10**9)) for _ in range(5_000)]
+    stamps += [base.replace(microsecond=0), base.replace(year=7, microsecond=5)]
+    for timestamp in [*sorted(stamps), *stamps]:
+        assert fmt._isoformat(timestamp) == timestamp.isoformat()

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -87,6 +87,30 @@ def dump_header(user_id: str, session_id: str, started_at: datetime) -> str:
 def dump_message(message: Message) -> str:
     """One ``- `` record. Messages are written on every turn, so the common case — short
     single-line ASCII text — is written directly; anything else goes through PyYAML."""
+    content = message.content
+    timestamp = message.timestamp
+    if (
+        message.role in _ROLES
+        and message.reasoning is None
+        and message.error is None
+        and not message.interrupted
+        and isinstance(content, str)
+        and type(timestamp) is datetime  # a subclass might write itself another way
+    ):
+        # What _dump_record writes for such a message, without building its mapping.
+        if _PLAIN.fullmatch(content) and content.lower() not in _NOT_PLAIN:
+            scalar = content
+        elif content.isascii() and content.isprintable():  # as _PRINTABLE_ASCII
+            scalar = "'" + content.replace("'", "''") + "'"
+        else:
+            return _dump_record(message)
+        stamp = _isoformat(timestamp)
+        return f"- role: {message.role}\n  content: {scalar}\n  timestamp: '{stamp}'\n"
+    return _dump_record(message)
+
+
+def _dump_record(message: Message) -> str:
+    """`dump_message` for any message, through PyYAML unless every value is simple."""
     mapping = _message_mapping(message)
     lines = []
     for key, value in mapping.items():
@@ -116,6 +140,27 @@ def _simple_scalar(value: object) -> str | None:
     if _PRINTABLE_ASCII.fullmatch(value):
         return "'" + value.replace("'", "''") + "'"  # single quotes escape only themselves
     return None
+
+
+# The last UTC minute formatted, as (year, month, day, hour, minute) and its
+# "2024-01-15T10:25:" text: messages come in time order, so most share it. One tuple,
+# replaced whole, so a thread reading it never sees a key with another minute's text.
+_last_minute: tuple[tuple[int, int, int, int, int], str] = ((0, 0, 0, 0, 0), "")
+
+
+def _isoformat(timestamp: datetime) -> str:
+    """``timestamp.isoformat()``, faster for a UTC time with microseconds."""
+    microsecond = timestamp.microsecond
+    if timestamp.tzinfo is not UTC or not microsecond:
+        return timestamp.isoformat()  # without microseconds it has no fraction either
+    global _last_minute
+    minute = (timestamp.year, timestamp.month, timestamp.day, timestamp.hour, timestamp.minute)
+    key, prefix = _last_minute
+    if minute != key:
+        prefix = timestamp.isoformat()[:17]
+        _last_minute = minute, prefix
+    # %-formatting: here about half the time of the same f-string.
+    return "%s%02d.%06d+00:00" % (prefix, timestamp.second, microsecond)  # noqa: UP031
 
 
 def dump_trailer(ended_at: datetime, reason: EndReason) -> str:

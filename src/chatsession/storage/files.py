@@ -11,7 +11,9 @@ How it keeps its promises:
 
 - *Appending costs the same at any length.* ``current.yaml`` is created with its header
   and first message by writing a temporary file and renaming it into place; every later
-  message is one ``O_APPEND`` write of one record (see `_yaml_format`).
+  message is one ``O_APPEND`` write of one record (see `_yaml_format`). Under ``batch``
+  and ``never`` the file stays open between messages (see `_open_dialogs`), so a message
+  costs that one write; the store must then be the only writer of its directory.
 - *A failed write leaves nothing behind.* A short or failed append is truncated back to
   the previous length, and a full disk raises `StorageFullError`.
 - *Archiving is atomic and never overwrites.* The end-of-session lines are appended, the
@@ -47,6 +49,7 @@ from chatsession._exceptions import (
 from chatsession._types import Durability, EndReason
 from chatsession.domain import ArchiveSummary, Dialog, Message
 from chatsession.storage import _yaml_format as fmt
+from chatsession.storage._open_dialogs import OpenDialog, OpenDialogs, default_limit
 from chatsession.storage._paths import directory_name, user_id_from_directory
 
 __all__ = ["YamlDialogStore"]
@@ -65,13 +68,27 @@ _SYNC_ALL_THRESHOLD = 256
 
 
 class YamlDialogStore:
-    """Dialogs as YAML files under ``data_dir``; see the module docstring for the layout."""
+    """Dialogs as YAML files under ``data_dir``; see the module docstring for the layout.
 
-    def __init__(self, data_dir: Path | str, durability: Durability = "batch") -> None:
+    ``max_open_dialogs`` bounds how many current dialogs stay open between appends under
+    ``batch`` and ``never``; by default a quarter of the process's soft limit on open
+    files, at most 4,096.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path | str,
+        durability: Durability = "batch",
+        *,
+        max_open_dialogs: int | None = None,
+    ) -> None:
         self.root = Path(data_dir)
         self._users = str(self.root / "users")
         self.durability = durability
         self._unsynced: set[str] = set()  # files and directories waiting for a batched fsync
+        # Under ``batch`` and ``never``: current dialogs kept open between appends.
+        limit = default_limit() if max_open_dialogs is None else max_open_dialogs
+        self._open = OpenDialogs(limit)
         self._closed = False
 
     def dialogs_dir(self, user_id: str) -> Path:
@@ -91,17 +108,46 @@ class YamlDialogStore:
     ) -> None:
         record = fmt.dump_message(message).encode("utf-8")
         if first:
-            directory = self.dialogs_dir(user_id)
-            header = fmt.dump_header(user_id, session_id, started_at).encode("utf-8")
-            await self._run(lambda: self._create(directory, header + record))
-        else:
-            # The hot path: a plain string path, cheaper to build than a Path.
-            path = f"{self._users}/{directory_name(user_id)}/dialogs/{CURRENT}"
+            await self._start(user_id, session_id, started_at, record)
+            return
+        if self.durability == "always":
+            path = self._current_path(user_id)
             await self._run(lambda: self._append(path, record))
+            return
+        # The hot path: one write to the open file, no path built, the id checked already.
+        dialog = self._open.get(user_id)
+        if dialog is None:
+            path = self._current_path(user_id)
+            if self._closed:  # a closed store keeps nothing open
+                self._append(path, record)
+                return
+            try:
+                dialog = self._open.open(user_id, path)
+            except OSError as exc:
+                raise _storage_error(exc, path) from exc
+        self._append_open(user_id, dialog, record)
+
+    async def _start(
+        self, user_id: str, session_id: str, started_at: datetime, record: bytes
+    ) -> None:
+        self._open.close(user_id)  # a dialog left behind is archived, so it must be closed
+        directory = self.dialogs_dir(user_id)
+        content = fmt.dump_header(user_id, session_id, started_at).encode("utf-8") + record
+        if self.durability == "always":
+            await self._run(lambda: self._create(directory, content, keep_open=False))
+            return
+        fd = self._create(directory, content, keep_open=not self._closed)
+        if fd is not None:
+            self._open.keep(user_id, OpenDialog(fd, str(directory / CURRENT), len(content)))
+
+    def _current_path(self, user_id: str) -> str:
+        # A plain string path, cheaper to build than a Path.
+        return f"{self._users}/{directory_name(user_id)}/dialogs/{CURRENT}"
 
     async def archive_current(
         self, user_id: str, *, ended_at: datetime, reason: EndReason
     ) -> str | None:
+        self._open.close(user_id)  # archiving unlinks current.yaml: the next one is new
         directory = self.dialogs_dir(user_id)
         trailer = fmt.dump_trailer(ended_at, reason).encode("utf-8")
         return await self._run(lambda: self._archive(directory, ended_at, trailer))
@@ -124,6 +170,7 @@ class YamlDialogStore:
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True
+            self._open.close_all()
             await self.flush()
 
     async def _run(self, operation: Callable[[], T]) -> T:
@@ -139,6 +186,14 @@ class YamlDialogStore:
             # it happened, then pass the cancellation on.
             await asyncio.wait([future])
             raise
+
+    def _append_open(self, user_id: str, dialog: OpenDialog, record: bytes) -> None:
+        try:
+            self._open.append(user_id, dialog, record)
+        except OSError as exc:
+            raise _storage_error(exc, dialog.path) from exc
+        if self.durability == "batch":
+            self._unsynced.add(dialog.path)
 
     def _append(self, path: str, record: bytes) -> None:
         try:
@@ -161,30 +216,39 @@ class YamlDialogStore:
             raise _storage_error(exc, path) from exc
         return length
 
-    def _create(self, directory: Path, content: bytes) -> None:
-        """Start a session's dialog; a dialog left by an earlier session is archived first."""
+    def _create(self, directory: Path, content: bytes, *, keep_open: bool) -> int | None:
+        """Start a session's dialog; a dialog left by an earlier session is archived first.
+
+        With ``keep_open`` the new ``current.yaml`` is returned open for appending; the
+        user's open dialog, if any, must have been closed before.
+        """
         path = directory / CURRENT
         temporary = directory / (CURRENT + ".new")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC
         try:
             if not directory.exists():
                 self._make_directories(directory)
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            fd = os.open(temporary, flags, 0o600)
             try:
                 _write_all(fd, content)
                 if self.durability == "always":
                     os.fsync(fd)
-            finally:
+                # link, unlike rename, refuses to replace a dialog an earlier session left.
+                while not _link_if_absent(temporary, path):
+                    self._set_aside_leftover(directory)
+                temporary.unlink()
+            except BaseException:
                 os.close(fd)
-            # link, unlike rename, refuses to replace a dialog an earlier session left.
-            while not _link_if_absent(temporary, path):
-                self._set_aside_leftover(directory)
-            temporary.unlink()
+                raise
         except OSError as exc:
             temporary.unlink(missing_ok=True)
             raise _storage_error(exc, path) from exc
+        if not keep_open:
+            os.close(fd)
         if self.durability == "batch":
             self._unsynced.add(str(path))
-        self._directory_changed(directory)
+        self._directory_changed(directory)  # can fail only under "always", never kept open
+        return fd if keep_open else None
 
     def _make_directories(self, directory: Path) -> None:
         """Create a user's directories; their new names are made durable like files."""
@@ -308,6 +372,7 @@ class YamlDialogStore:
         when the previous run stopped is only unlinked; an empty one is removed. A file that
         does not parse is left in place and `CorruptDialogError` is raised.
         """
+        self._open.close(user_id)  # the file is rewritten and archived
         directory = self.dialogs_dir(user_id)
         return await asyncio.to_thread(self._recover, directory, ended_at)
 
