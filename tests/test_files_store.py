@@ -175,7 +175,7 @@ async def test_always_fsyncs_before_the_first_chunk(
         await anext(stream)
         assert "persist me" in _current(tmp_path, "ida").read_text()
         assert len(synced) >= 2  # the file and its directory
-        await stream.aclose()  # type: ignore[attr-defined]
+        await stream.aclose()
 
 
 async def test_batch_durability_flushes_periodically(tmp_path: Path) -> None:

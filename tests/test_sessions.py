@@ -271,7 +271,7 @@ async def test_consumer_that_stops_early_stores_an_interrupted_reply(
         stream = chat.chat_with_history("ivy", "a b c d e f g h")
         first = await anext(stream)
         assert isinstance(first, str)
-        await stream.aclose()  # type: ignore[attr-defined]
+        await stream.aclose()
         dialog = await chat.get_current_dialog("ivy")
         assert dialog is not None
         reply = dialog.messages[-1]
@@ -286,7 +286,7 @@ async def test_a_fast_reply_is_stored_whole_even_if_unread(server: ServerFactory
         stream = chat.chat_with_history("ivy", "a b c d")
         await anext(stream)
         await asyncio.sleep(0.01)
-        await stream.aclose()  # type: ignore[attr-defined]
+        await stream.aclose()
         dialog = await chat.get_current_dialog("ivy")
         assert dialog is not None
         assert dialog.messages[-1].content == "echo: a b c d"

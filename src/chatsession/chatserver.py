@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping
+from collections.abc import AsyncGenerator, Coroutine, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any, Self
@@ -253,7 +253,7 @@ class ChatServer:
         *,
         json_output: bool = False,
         reasoning_enabled: bool = False,
-    ) -> AsyncIterator[Chunk]:
+    ) -> AsyncGenerator[Chunk, None]:
         """Stream the model's reply to ``text``, with the user's dialog as context.
 
         Chunks are ``str`` for the answer; with ``reasoning_enabled``, a model that reasons

@@ -138,6 +138,8 @@ class SessionManager:
             logger.error("shutdown gave up waiting; unarchived dialogs are recovered at start")
             ending.cancel()
             await asyncio.wait([ending])
+            for task in list(self._turns):
+                task.cancel()  # a turn still storing stops once its write is done
 
     async def _end_all(self) -> None:
         # Many at a time, so that a store that waits (fsync under ``always``) overlaps its
@@ -380,8 +382,12 @@ class SessionManager:
         """Store ``text``, stream the model's reply, store the reply; see ChatServer."""
         check_user_id(user_id)
         _check_text(text)
+        if self._spawn is None:
+            raise ServerClosedError("The ChatServer is not running.")
         turn = Turn()
-        task = turn.task = self._start_task(
+        # The manager owns its turns itself (`_turns`; shutdown waits for them, then
+        # cancels them): one task per message, with no other bookkeeping.
+        task = turn.task = asyncio.ensure_future(
             self._turn(turn, user_id, text, json_output, reasoning_enabled)
         )
         self._turns[task] = turn

@@ -10,6 +10,7 @@ import os
 import socket
 
 import httpx
+import pytest
 from httpx_sse import aconnect_sse
 from websockets.asyncio.client import connect
 
@@ -269,3 +270,44 @@ async def test_leaving_at_any_moment_ends_each_session_once_with_every_turn_whol
                 assert reply.content == full or (
                     reply.interrupted and full.startswith(reply.content)
                 )
+
+
+async def test_a_long_reply_notices_the_client_leaving_at_once(
+    live: LiveFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a reply runs long, a reader watches the peer: the model is stopped as soon as
+    the client leaves, not when the next chunk fails to send."""
+    monkeypatch.setattr("chatsession.web.ws._WATCH_AFTER", 0.05)
+    async with live(chat_model="echo?delay=1.0") as server:
+        async with connect(server.ws_url, additional_headers=ALICE) as ws:
+            await ws.recv()
+            await ws.send(json.dumps({"text": "one two three four five"}))
+            assert json.loads(await ws.recv()) == {"type": "response", "content": "echo: "}
+        left = asyncio.get_running_loop().time()
+        archives = await server.wait_for_archives("alice")
+        assert asyncio.get_running_loop().time() - left < 0.6  # the next chunk was 1 s off
+        dialog = await server.store().load_archive("alice", archives[0].archive_id)
+        assert dialog.messages[-1].interrupted
+        assert dialog.messages[-1].content == "echo: "
+        assert dialog.end_reason == "disconnect"
+
+
+async def test_shutdown_closes_a_watched_connection_with_1001(
+    live: LiveFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection whose reader task took over (after a long reply) still closes with
+    1001 at shutdown, its session archived as shutdown."""
+    monkeypatch.setattr("chatsession.web.ws._WATCH_AFTER", 0.01)
+    async with live(chat_model="echo?delay=0.05") as server:
+        async with connect(server.ws_url, additional_headers=ALICE) as ws:
+            await ws.recv()
+            await ws.send(json.dumps({"text": "slow reply"}))
+            while json.loads(await ws.recv())["type"] != "done":
+                pass
+            server.server.should_exit = True
+            with contextlib.suppress(Exception):
+                while True:
+                    await ws.recv()
+            assert ws.close_code == 1001
+        archives = await server.archives("alice")
+        assert [(a.end_reason, a.message_count) for a in archives] == [("shutdown", 2)]

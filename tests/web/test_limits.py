@@ -189,8 +189,36 @@ async def test_cors_only_for_configured_origins(live: LiveFactory) -> None:
         assert "access-control-allow-origin" not in plain.headers
 
 
-async def test_a_client_far_ahead_of_its_replies_gets_429_frames(live: LiveFactory) -> None:
-    """Frames sent while 32 already wait are refused with 429; the rest are answered whole."""
+async def test_a_client_far_ahead_of_quick_replies_is_slowed_not_refused(
+    live: LiveFactory,
+) -> None:
+    """Frames sent far ahead of quick replies wait their turn (TCP flow control slows the
+    client); every one is answered, in order."""
+    async with (
+        live(rate_limit=0) as server,
+        connect(server.ws_url, additional_headers=ALICE) as ws,
+    ):
+        await ws.recv()
+        for i in range(200):
+            await ws.send(json.dumps({"text": f"m{i}"}))
+        answers: list[str] = []
+        while len(answers) < 200:
+            frame = await next_frame(ws)
+            assert frame["type"] in ("response", "done"), frame
+            if frame["type"] == "response":
+                answers.append(frame["content"])
+        assert answers == [f"echo: m{i}" for i in range(200)]
+        dialog = await server.store().load_current("alice")
+        assert dialog is not None
+        assert len(dialog.messages) == 400
+
+
+async def test_a_client_far_ahead_of_slow_replies_gets_429_frames(
+    live: LiveFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While slow replies stream, frames sent when 32 already wait are refused with 429;
+    the rest are answered whole."""
+    monkeypatch.setattr("chatsession.web.ws._WATCH_AFTER", 0.01)
     async with (
         live(chat_model="echo?delay=0.03", rate_limit=0) as server,
         connect(server.ws_url, additional_headers=ALICE) as ws,

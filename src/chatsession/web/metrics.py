@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from chatsession._types import EndReason
-from chatsession.domain import ArchiveSummary, Dialog, Message, SessionEvent
+from chatsession.domain import ArchiveSummary, Dialog, SessionEvent
 from chatsession.storage.base import DialogStore
 
 if TYPE_CHECKING:
@@ -89,17 +89,8 @@ class TimedStore:
     def __init__(self, store: DialogStore, metrics: Metrics) -> None:
         self.store = store
         self._seconds = metrics.archive_seconds
-
-    async def append(
-        self,
-        user_id: str,
-        session_id: str,
-        started_at: datetime,
-        message: Message,
-        *,
-        first: bool = False,
-    ) -> None:
-        await self.store.append(user_id, session_id, started_at, message, first=first)
+        # Every chat turn appends twice: the store's own method, not a wrapper around it.
+        self.append = store.append
 
     async def load_current(self, user_id: str) -> Dialog | None:
         return await self.store.load_current(user_id)

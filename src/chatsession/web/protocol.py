@@ -118,7 +118,22 @@ def _chat_request(document: dict[str, Any], text_field: str) -> ChatRequest:
 
 
 # Compact, and UTF-8 as it is: a frame is sent as text, so escaping is not needed.
-encode_frame = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_encode_string = json.encoder.encode_basestring  # a str as a JSON string, non-ASCII kept
+
+
+def encode_frame(frame: Frame) -> str:
+    """A frame as the text of a WebSocket message or an SSE event's data.
+
+    Most frames hold only strings (``response`` chunks, ``done``), and those are written
+    directly, which costs a fraction of a general JSON encoding; the rest go through one.
+    """
+    parts = []
+    for key, value in frame.items():
+        if type(value) is not str:
+            return _encode(frame)
+        parts.append(f"{_encode_string(key)}:{_encode_string(value)}")
+    return "{" + ",".join(parts) + "}"
 
 
 def chunk_frame(chunk: Chunk) -> Frame:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncGenerator
-from contextlib import aclosing
 
 from chatsession.web._state import WebState
 from chatsession.web.auth import Identity
@@ -36,7 +35,7 @@ async def reply_frames(
         json_output=request.json_output,
         reasoning_enabled=request.reasoning_enabled,
     )
-    async with aclosing(stream):  # type: ignore[type-var]  # the core's iterator has aclose
+    try:
         async for chunk in stream:
             if first:
                 web.metrics.first_chunk_seconds.observe(time.perf_counter() - started)
@@ -45,6 +44,9 @@ async def reply_frames(
             if channels.has_subscribers(user_id):
                 channels.publish(user_id, frame)
             yield frame
+    except BaseException:
+        await stream.aclose()
+        raise
     web.metrics.model_seconds.observe(time.perf_counter() - started)
     if channels.has_subscribers(user_id):
         channels.publish(user_id, _DONE)

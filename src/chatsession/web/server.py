@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -108,6 +109,7 @@ def serve(settings: Settings) -> int:
     except ConfigError as exc:
         print(f"chatsession: {exc}", file=sys.stderr)
         return 2
+    _raise_open_file_limit()
     logger.info(
         "chatsession listening on http://%s:%d  data dir %s  model %s  auth %s",
         settings.host,
@@ -118,6 +120,16 @@ def serve(settings: Settings) -> int:
     )
     server.run()
     return 0 if server.started else 1
+
+
+def _raise_open_file_limit() -> None:
+    """Every connection and open dialog is a file descriptor: allow as many as permitted."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft == resource.RLIM_INFINITY:
+        return
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _auth_description(settings: Settings) -> str:

@@ -11,10 +11,12 @@ with 1001.
 from __future__ import annotations
 
 import asyncio
-from contextlib import aclosing, suppress
+from collections import deque
+from contextlib import suppress
 
 from fastapi import APIRouter
 from starlette.responses import JSONResponse
+from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from chatsession._exceptions import ChatSessionError, RequestError
@@ -41,6 +43,9 @@ GOING_AWAY = 1001
 _BACKLOG = 32
 _BACKLOG_FULL = f"too many messages waiting for a reply (at most {_BACKLOG}); this one was dropped"
 _PONG: Frame = {"type": "pong"}
+# A reply still running after this long gets a reader task watching the peer meanwhile
+# (long enough that a busy server's own queueing does not trip it for quick replies).
+_WATCH_AFTER = 1.0
 
 
 @router.websocket("/ws")
@@ -83,12 +88,15 @@ async def _deny(websocket: WebSocket, status: int, message: str) -> None:
 
 
 class _Conversation:
-    """One accepted WebSocket: a reader task fills the inbox; the handler answers in order.
+    """One accepted WebSocket, answered in order in the connection's own task.
 
-    The handler answers each frame in the connection's own task. When the reader finds the
-    peer gone while a reply streams, it cancels that reply (and only that: the cancellation
-    is taken back once the reply has stopped), so the model stops and the partial reply is
-    stored marked interrupted.
+    While idle, the handler reads the socket itself. A reply that takes longer than
+    `_WATCH_AFTER` starts a reader task, which from then on reads for the handler (frames
+    sent ahead wait in `inbox`) so that a peer that leaves, or stops answering pings, is
+    noticed while a reply streams; a quick reply never needs one. When the peer is found
+    gone mid-reply, or the server stops, the handler is interrupted: it is cancelled, and
+    the cancellation is taken back once what it was doing has stopped (a cancelled reply
+    is stored as far as it got, marked interrupted).
     """
 
     def __init__(
@@ -98,50 +106,118 @@ class _Conversation:
         self.websocket = websocket
         self.identity = identity
         self.connection = connection
-        # Frames waiting while a reply streams; None means stop (peer gone, or shutdown).
-        self.inbox: asyncio.Queue[str | bytes | None] = asyncio.Queue()
         self.closed = False  # the peer is gone
+        self.inbox: deque[str | bytes | None] = deque()  # None: stop
+        self._inbox_waiter: asyncio.Future[None] | None = None
+        self._reader: asyncio.Task[None] | None = None
         self._handler = asyncio.current_task()
+        self._reading = False  # the handler waits on the socket itself
         self._replying = False
-        self._stopped_reply = False  # the reader cancelled the handler to stop a reply
+        self._interrupted = False
+        self._stopping = False
 
     async def run(self) -> None:
-        reader = asyncio.ensure_future(self._read())
         try:
             with self.web.drain.on_stop(self._stop):
-                while (frame := await self.inbox.get()) is not None:
-                    await self._handle(frame)
+                while (data := await self._next()) is not None:
+                    await self._handle(data)
         finally:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+            if self._reader is not None:
+                self._reader.cancel()
+                await asyncio.gather(self._reader, return_exceptions=True)
         if self.web.drain.closing and not self.closed:
             await self._close(GOING_AWAY, "server shutting down")
 
-    def _stop(self) -> None:
-        self.inbox.put_nowait(None)
+    # -- receiving ----------------------------------------------------------------------
+
+    async def _next(self) -> str | bytes | None:
+        """The client's next frame; None once the client is gone or the server stops."""
+        if self._stopping:
+            return None
+        if self._reader is not None:
+            while not self.inbox:
+                self._inbox_waiter = asyncio.get_running_loop().create_future()
+                try:
+                    await self._inbox_waiter
+                finally:
+                    self._inbox_waiter = None
+            return self.inbox.popleft()
+        self._reading = True
+        try:
+            return self._accept(await self.websocket.receive())
+        except asyncio.CancelledError:
+            if self._taken_back():
+                return None
+            raise
+        except (WebSocketDisconnect, OSError, RuntimeError):
+            self._broken()
+            return None
+        finally:
+            self._reading = False
+
+    def _accept(self, message: Message) -> str | bytes | None:
+        if message["type"] == "websocket.disconnect":
+            if message.get("code", 1000) not in _CLEAN_CLOSES:
+                self.connection.fail()
+            self.closed = True
+            return None
+        text: str | None = message.get("text")
+        return text if text is not None else message.get("bytes") or b""
+
+    def _broken(self) -> None:
+        self.connection.fail()
+        self.closed = True
+
+    def _watch(self) -> None:
+        """A reply is taking a while: read the socket in a task of its own from now on."""
+        if self._reader is None and not self.closed:
+            self._reader = asyncio.ensure_future(self._read())
 
     async def _read(self) -> None:
-        # Marks the peer gone when it is; being cancelled (we are closing) does not.
         try:
             while True:
-                message = await self.websocket.receive()
-                if message["type"] == "websocket.disconnect":
-                    if message.get("code", 1000) not in _CLEAN_CLOSES:
-                        self.connection.fail()
+                data = self._accept(await self.websocket.receive())
+                if data is None:
                     break
-                data = message.get("text")
-                if self.inbox.qsize() >= _BACKLOG:
+                if len(self.inbox) >= _BACKLOG:
                     with suppress(_PeerGone):
                         await self._send(error_frame(_BACKLOG_FULL, 429))
                     continue
-                self.inbox.put_nowait(data if data is not None else message.get("bytes") or b"")
+                self._deliver(data)
         except (WebSocketDisconnect, OSError, RuntimeError):
-            self.connection.fail()
-        self.closed = True
-        if self._replying and self._handler is not None and not self._stopped_reply:
-            self._stopped_reply = True
+            self._broken()
+        if self._replying:
+            self._interrupt()
+        self._deliver(None)
+
+    def _deliver(self, data: str | bytes | None) -> None:
+        self.inbox.append(data)
+        waiter = self._inbox_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _stop(self) -> None:
+        """The server is shutting down: end the conversation."""
+        self._stopping = True
+        if self._reading or self._replying:
+            self._interrupt()
+        self._deliver(None)
+
+    # -- interrupting -------------------------------------------------------------------
+
+    def _interrupt(self) -> None:
+        if not self._interrupted and self._handler is not None:
+            self._interrupted = True
             self._handler.cancel()
-        self._stop()
+
+    def _taken_back(self) -> bool:
+        """On a cancellation: True if it was our interruption (now undone), else False."""
+        if self._interrupted and self._handler is not None and not self._handler.uncancel():
+            self._interrupted = False
+            return True
+        return False
+
+    # -- answering ----------------------------------------------------------------------
 
     async def _handle(self, data: str | bytes) -> None:
         try:
@@ -149,11 +225,8 @@ class _Conversation:
         except _PeerGone:
             pass
         except asyncio.CancelledError:
-            # Stopped by the reader because the peer left; any other cancellation goes on.
-            if self._stopped_reply and self._handler is not None and not self._handler.uncancel():
-                self._stopped_reply = False
-                return
-            raise
+            if not self._taken_back():
+                raise
 
     async def _answer(self, data: str | bytes) -> None:
         try:
@@ -164,12 +237,17 @@ class _Conversation:
             if self.closed:
                 return  # nobody to answer
             self._replying = True
+            watch = asyncio.get_running_loop().call_later(_WATCH_AFTER, self._watch)
             try:
                 frames = reply_frames(self.web, self.identity, request, "websocket")
-                async with aclosing(frames):
+                try:
                     async for frame in frames:
                         await self._send(frame)
+                except BaseException:
+                    await frames.aclose()  # stops the model; the partial reply is stored
+                    raise
             finally:
+                watch.cancel()
                 self._replying = False
         except ChatSessionError as exc:
             await self._send(error_frame(exc))
@@ -178,8 +256,7 @@ class _Conversation:
         try:
             await self.websocket.send({"type": "websocket.send", "text": encode_frame(frame)})
         except (WebSocketDisconnect, OSError, RuntimeError):
-            # The peer is gone; the reader sees it too and ends the conversation.
-            self.closed = True
+            self.closed = True  # the peer is gone
             raise _PeerGone from None
 
     async def _close(self, code: int, reason: str) -> None:
