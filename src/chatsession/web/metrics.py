@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
+from collections.abc import Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from chatsession._types import EndReason
 from chatsession.domain import ArchiveSummary, Dialog, SessionEvent
@@ -40,33 +44,23 @@ class Metrics:
             "Time to archive one dialog.",
             registry=self.registry,
         )
-        self.messages = Counter(
-            "chatsession_messages",
-            "Chat messages received, by transport.",
-            ["transport"],
-            registry=self.registry,
+        # Counted on every chat message, so kept as plain numbers on the event loop (one
+        # thread, no locks) and read out at scrape time.
+        self.messages = _CountsByLabel(
+            "chatsession_messages", "Chat messages received, by transport.", "transport"
         )
-        self.model_seconds = Histogram(
+        self.model_seconds = _LoopHistogram(
             "chatsession_model_latency_seconds",
             "Time from a chat message to the end of its reply.",
-            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
-            registry=self.registry,
+            (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
         )
-        self.first_chunk_seconds = Histogram(
+        self.first_chunk_seconds = _LoopHistogram(
             "chatsession_model_first_chunk_seconds",
             "Time from a chat message to the first chunk of its reply.",
-            buckets=(0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-            registry=self.registry,
+            (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
-
-        # One child per label value, looked up once rather than on every message.
-        self._messages_by_transport: dict[str, Counter] = {}
-
-    def count_message(self, transport: str) -> None:
-        counter = self._messages_by_transport.get(transport)
-        if counter is None:
-            counter = self._messages_by_transport[transport] = self.messages.labels(transport)
-        counter.inc()
+        for collector in (self.messages, self.model_seconds, self.first_chunk_seconds):
+            self.registry.register(collector)
 
     def watch(self, chat: ChatServer) -> None:
         """Count ``chat``'s sessions as they start and end."""
@@ -81,6 +75,46 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _CountsByLabel(Collector):
+    """A counter with one label, for the event loop's thread only."""
+
+    def __init__(self, name: str, documentation: str, label: str) -> None:
+        self._name, self._documentation, self._label = name, documentation, label
+        self.counts: dict[str, int] = {}
+
+    def inc(self, value: str) -> None:
+        self.counts[value] = self.counts.get(value, 0) + 1
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self._name, self._documentation, labels=[self._label])
+        for value, count in list(self.counts.items()):
+            family.add_metric([value], count)
+        yield family
+
+
+class _LoopHistogram(Collector):
+    """A histogram for the event loop's thread only: an observation is a few additions."""
+
+    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...]) -> None:
+        self._name, self._documentation = name, documentation
+        self._bounds = buckets
+        self._counts = [0] * (len(buckets) + 1)  # the last one: above every bound
+        self._sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self._counts[bisect_left(self._bounds, value)] += 1
+        self._sum += value
+
+    def collect(self) -> Iterator[Metric]:
+        cumulative, buckets = 0, []
+        for bound, count in zip((*self._bounds, float("inf")), self._counts, strict=True):
+            cumulative += count
+            buckets.append(("+Inf" if bound == float("inf") else str(float(bound)), cumulative))
+        yield HistogramMetricFamily(
+            self._name, self._documentation, buckets=buckets, sum_value=self._sum
+        )
 
 
 class TimedStore:

@@ -26,7 +26,7 @@ async def reply_frames(
     user_id = identity.user_id
     channels = web.channels
     web.rate.check(user_id)
-    web.metrics.count_message(transport)
+    web.metrics.messages.inc(transport)
     started = time.perf_counter()
     first = True
     stream = web.chat.chat_with_history(
