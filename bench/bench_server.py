@@ -7,8 +7,10 @@ measured in the same run as the chat server, so the ratio compares like with lik
 
 1. Chat round trips per second over WebSocket (echo model, batched fsync) at 50 and 500
    concurrent connections, against a bare Starlette WebSocket echo server; p50 and p99.
-   Two more lines show where the difference goes: the bare server answering with a chat
-   reply's three frames, and the chat server keeping dialogs in memory.
+   Two more lines show where the difference goes: the bare server answering with the two
+   frames of a chat reply, and the chat server keeping dialogs in memory. Each line also
+   gives the server's CPU time per round trip and how busy the load generator was: a
+   load generator near 100% means that line measured the client, not the server.
 2. Memory per idle WebSocket connection (each its own user and session) with 10,000 held.
 3. SIGTERM with 1,000 active sessions: time until the process exits, and how many
    sessions were archived with reason ``shutdown``.
@@ -18,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
+import os
 import resource
 import signal
 import socket
@@ -29,6 +33,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -61,8 +66,7 @@ def _bare_echo_app() -> object:
         try:
             while True:
                 await websocket.receive_text()
-                await websocket.send_text('{"type":"response","content":"echo: "}')
-                await websocket.send_text('{"type":"response","content":"hi"}')
+                await websocket.send_text('{"type":"response","content":"echo: hi"}')
                 await websocket.send_text('{"type":"done"}')
         except WebSocketDisconnect:
             pass
@@ -100,6 +104,21 @@ def _serve_chat_in_memory(port: int) -> None:
     server.run()
 
 
+@functools.cache
+def _cpus() -> tuple[set[int], set[int]]:
+    """CPUs for the load generator and for the server under test: apart, where there are two
+    or more, so that neither takes the other's time slices; the same CPUs in every run.
+    Worked out once, before this process pins itself to its share."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return set(cpus), set(cpus)
+    return {cpus[0]}, set(cpus[1:])
+
+
+def _server_cpus() -> None:
+    os.sched_setaffinity(0, _cpus()[1])
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
@@ -118,7 +137,9 @@ def _server(kind: str, data_dir: Path) -> Iterator[tuple[subprocess.Popen[bytes]
         command = [sys.executable, "-m", "chatsession", "serve", "--port", str(port)]
         command += ["--data-dir", str(data_dir), "--rate-limit", "0", "--model", "echo"]
         command += ["--shutdown-grace", "10", "--max-connections-per-user", "100000"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_server_cpus
+    )
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -159,7 +180,23 @@ async def _round_trip(ws: ClientConnection, until_done: bool) -> None:
         await ws.recv()
 
 
-async def _load(port: int, clients: int, seconds: float, mode: str) -> tuple[float, list[float]]:
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Load:
+    """One timed load: round trips per second, latencies, and where the CPU time went."""
+
+    rate: float
+    latencies: list[float]
+    server_cpu_per_trip: float  # seconds
+    client_busy: float  # the load generator's CPU time over the elapsed time
+
+
+async def _load(port: int, clients: int, seconds: float, mode: str, server_pid: int) -> Load:
     """Round trips per second and their latencies; ``mode`` is bare, frames or chat."""
     url = f"ws://{HOST}:{port}/{'frames' if mode == 'frames' else 'ws'}"
     chat = mode in ("chat", "memory")
@@ -177,11 +214,18 @@ async def _load(port: int, clients: int, seconds: float, mode: str) -> tuple[flo
             await _round_trip(ws, until_done)
             latencies.append(time.perf_counter() - started)
 
-    began = time.monotonic()
+    began, server_began, client_began = (
+        time.monotonic(),
+        _cpu_seconds(server_pid),
+        time.process_time(),
+    )
     await asyncio.gather(*(worker(ws) for ws in sockets))
     elapsed = time.monotonic() - began
+    server_cpu = _cpu_seconds(server_pid) - server_began
+    client_busy = (time.process_time() - client_began) / elapsed
     await asyncio.gather(*(ws.close() for ws in sockets))
-    return len(latencies) / elapsed, latencies
+    trips = max(1, len(latencies))
+    return Load(trips / elapsed, latencies, server_cpu / trips, client_busy)
 
 
 def _percentile(values: list[float], fraction: float) -> float:
@@ -190,34 +234,42 @@ def _percentile(values: list[float], fraction: float) -> float:
 
 
 def bench_round_trips(clients: int, seconds: float, repeats: int) -> float:
-    """Chat against bare echo (one frame back) and bare frames (a reply's three frames back)."""
+    """Chat against bare echo (one frame back) and bare frames (a reply's two frames back)."""
     modes = ("bare", "frames", "chat", "memory")
-    results: dict[str, list[tuple[float, float, float]]] = {mode: [] for mode in modes}
+    results: dict[str, list[tuple[float, ...]]] = {mode: [] for mode in modes}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(repeats):
             for mode in modes:
                 kind = {"frames": "bare"}.get(mode, mode)
-                with _server(kind, Path(tmp) / "data") as (_, port):
-                    rate, latencies = asyncio.run(_load(port, clients, seconds, mode))
+                with _server(kind, Path(tmp) / "data") as (process, port):
+                    load = asyncio.run(_load(port, clients, seconds, mode, process.pid))
+                p50, p99 = _percentile(load.latencies, 0.5), _percentile(load.latencies, 0.99)
                 results[mode].append(
-                    (rate, _percentile(latencies, 0.5), _percentile(latencies, 0.99))
+                    (load.rate, p50, p99, load.server_cpu_per_trip, load.client_busy)
                 )
     medians = {
-        mode: tuple(statistics.median(run[i] for run in runs) for i in range(3))
+        mode: tuple(statistics.median(run[i] for run in runs) for i in range(5))
         for mode, runs in results.items()
     }
 
     def describe(mode: str) -> str:
-        rate, p50, p99 = medians[mode]
-        return f"{rate:,.0f}/s (p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms)"
+        rate, p50, p99, cpu, busy = medians[mode]
+        return (
+            f"{rate:,.0f}/s (p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms; server CPU "
+            f"{cpu * 1e6:.0f} µs a round trip; load generator {busy:.0%} busy)"
+        )
 
-    chat, bare, frames = (medians[mode][0] for mode in ("chat", "bare", "frames"))
+    (chat, *_, chat_cpu, _), (bare, *_, bare_cpu, _) = medians["chat"], medians["bare"]
+    frames = medians["frames"][0]
     print(
-        f"round trips, {clients} connections (median of {repeats}): chat {describe('chat')}; "
-        f"bare echo {describe('bare')}; bare echo sending a reply's 3 frames "
-        f"{describe('frames')}; chat / bare echo {chat / bare:.0%}, "
-        f"chat / bare 3 frames {chat / frames:.0%}; the same chat server with dialogs in "
-        f"memory instead of YAML files {describe('memory')}"
+        f"round trips, {clients} connections (median of {repeats}):\n"
+        f"  chat {describe('chat')}\n"
+        f"  bare echo {describe('bare')}\n"
+        f"  bare echo sending a chat reply's 2 frames {describe('frames')}\n"
+        f"  chat with dialogs in memory instead of YAML files {describe('memory')}\n"
+        f"  chat / bare echo {chat / bare:.0%} of the round trips; chat / bare 2 frames "
+        f"{chat / frames:.0%}; server CPU a round trip, chat / bare echo "
+        f"{chat_cpu / bare_cpu:.1f}x"
     )
     return bare / chat
 
@@ -334,6 +386,7 @@ def main(argv: Sequence[str] | None = None) -> list[Verdict]:
         return []
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    os.sched_setaffinity(0, _cpus()[0])
     repeats, seconds = (1, 1.0) if args.quick else (3, 3.0)
     verdicts = []
     for clients in (50, 500):
