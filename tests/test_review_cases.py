@@ -202,3 +202,61 @@ async def test_crash_inside_create_leaves_the_dialog_current(tmp_path: Path) -> 
         [archive] = await chat.list_archives("lou")
         dialog = await chat.get_archive("lou", archive.archive_id)
         assert [m.content for m in dialog.messages] == ["first"]
+
+
+async def test_no_turn_outlives_shutdown_even_when_its_model_is_slow_to_stop(
+    tmp_path: Path,
+) -> None:
+    """A model that takes longer than both grace periods to stop once cancelled: shutdown
+    waits for its turn, so the partial reply is stored before the store closes."""
+    events: list[str] = []
+
+    class SlowToStop:
+        name = "slow-to-stop"
+
+        async def stream(
+            self, messages: Sequence[Message], *, json_output: bool, reasoning_enabled: bool
+        ) -> AsyncIterator[Chunk]:
+            yield "partial "
+            try:
+                await asyncio.sleep(30)
+            finally:
+                # Cleanup that takes a while whatever happens, like a stream being released.
+                await asyncio.shield(asyncio.sleep(1.5))
+                events.append("model stopped")
+
+        async def aclose(self) -> None:
+            events.append("model closed")
+
+    class RecordingStore(YamlDialogStore):
+        async def append(self, *args: object, **kwargs: object) -> None:
+            events.append(f"append, store {'closed' if self._closed else 'open'}")
+            await super().append(*args, **kwargs)  # type: ignore[arg-type]
+
+        async def aclose(self) -> None:
+            events.append("store closed")
+            await super().aclose()
+
+    settings = Settings(data_dir=tmp_path, shutdown_grace=0.2)
+    chat = ChatServer(settings, store=RecordingStore(tmp_path), model=SlowToStop())
+    await chat.__aenter__()
+
+    async def consume() -> None:
+        async for _ in chat.chat_with_history("amy", "hi"):
+            pass
+
+    consumer = asyncio.ensure_future(consume())
+    await asyncio.sleep(0.05)
+    await chat.aclose()
+    assert events == [
+        "append, store open",
+        "model stopped",
+        "append, store open",
+        "store closed",
+        "model closed",
+    ]
+    await asyncio.gather(consumer, return_exceptions=True)
+    dialog = await YamlDialogStore(tmp_path).load_current("amy")
+    assert dialog is not None  # the end gave up on it: the next start recovers it
+    assert [m.content for m in dialog.messages] == ["hi", "partial "]
+    assert dialog.messages[-1].interrupted

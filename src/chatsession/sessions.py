@@ -138,8 +138,13 @@ class SessionManager:
             logger.error("shutdown gave up waiting; unarchived dialogs are recovered at start")
             ending.cancel()
             await asyncio.wait([ending])
-            for task in list(self._turns):
-                task.cancel()  # a turn still storing stops once its write is done
+        if self._turns:
+            # Cancelled above, they are stopping. The store and the model close after this
+            # returns: no turn may outlive it.
+            _, stuck = await asyncio.wait(list(self._turns), timeout=max(grace, 1.0))
+            if stuck:
+                logger.error("waiting for %d replies that are slow to stop", len(stuck))
+                await asyncio.wait(stuck)
 
     async def _end_all(self) -> None:
         # Many at a time, so that a store that waits (fsync under ``always``) overlaps its

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import random
 import signal
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from httpx_sse import aconnect_sse
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -170,3 +173,49 @@ async def test_sigint_shuts_down_like_sigterm(tmp_path: Path) -> None:
         assert await asyncio.to_thread(process.wait, 15) == 0
     archives = await YamlDialogStore(data_dir).list_archives("dan")
     assert [(a.end_reason, a.message_count) for a in archives] == [("shutdown", 2)]
+
+
+@pytest.mark.parametrize("seed", range(3))
+async def test_shutdown_in_every_state_closes_with_1001_and_archives_once(
+    live: LiveFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    seed: int,
+) -> None:
+    """Connections idle (the handler reading), mid-reply before and after a reader took
+    over, with frames queued, or sending pongs to a client that sends pings: at shutdown all
+    close with 1001 within the grace, each session is archived once as shutdown with whole
+    turns, and nothing is logged as an error."""
+    monkeypatch.setattr("chatsession.web.ws._WATCH_AFTER", 0.05)
+    rng = random.Random(seed)
+    codes: dict[str, int | None] = {}
+
+    async def client(user: str, url: str, mode: str) -> None:
+        async with connect(url, additional_headers={"x-user-id": user}) as ws:
+            await ws.recv()
+            if mode == "chat":
+                for _ in range(rng.randint(1, 3)):
+                    await ws.send(json.dumps({"text": "one two three four five six"}))
+            elif mode == "ping":
+                for _ in range(20):
+                    await ws.send(json.dumps({"type": "ping"}))
+            _, codes[user] = await until_closed(ws)
+
+    async with live(chat_model="echo?delay=0.02", shutdown_grace=0.5) as server:
+        users = {f"s{i}": rng.choice(["idle", "chat", "ping"]) for i in range(30)}
+        clients = [asyncio.ensure_future(client(u, server.ws_url, m)) for u, m in users.items()]
+        await asyncio.sleep(rng.uniform(0.01, 0.2))
+        stopped = time.monotonic()
+        server.server.should_exit = True
+        await asyncio.wait_for(asyncio.gather(*clients), 15)
+        assert time.monotonic() - stopped < 8
+    assert set(codes.values()) == {1001}, codes
+    for user, mode in users.items():
+        archives = await server.archives(user)
+        assert len(archives) == (1 if mode == "chat" else len(archives)) <= 1
+        for archive in archives:
+            assert archive.end_reason == "shutdown"
+            dialog = await server.store().load_archive(user, archive.archive_id)
+            roles = [m.role for m in dialog.messages]
+            assert roles == ["user", "assistant"] * (len(roles) // 2) + ["user"] * (len(roles) % 2)
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]

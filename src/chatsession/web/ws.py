@@ -11,6 +11,7 @@ with 1001.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from contextlib import suppress
 
@@ -33,6 +34,8 @@ from chatsession.web.protocol import (
 from chatsession.web.replies import reply_frames
 
 __all__ = ["router"]
+
+logger = logging.getLogger("chatsession.web")
 
 router = APIRouter()
 
@@ -94,8 +97,8 @@ class _Conversation:
     `_WATCH_AFTER` starts a reader task, which from then on reads for the handler (frames
     sent ahead wait in `inbox`) so that a peer that leaves, or stops answering pings, is
     noticed while a reply streams; a quick reply never needs one. When the peer is found
-    gone mid-reply, or the server stops, the handler is interrupted: it is cancelled, and
-    the cancellation is taken back once what it was doing has stopped (a cancelled reply
+    gone while the handler answers a frame, or the server stops, the handler is
+    interrupted: it is cancelled, and the cancellation is taken back once what it was doing has stopped (a cancelled reply
     is stored as far as it got, marked interrupted).
     """
 
@@ -112,7 +115,7 @@ class _Conversation:
         self._reader: asyncio.Task[None] | None = None
         self._handler = asyncio.current_task()
         self._reading = False  # the handler waits on the socket itself
-        self._replying = False
+        self._handling = False  # answering a frame: a reply, a pong or an error
         self._interrupted = False
         self._stopping = False
 
@@ -186,9 +189,14 @@ class _Conversation:
                 self._deliver(data)
         except (WebSocketDisconnect, OSError, RuntimeError):
             self._broken()
-        if self._replying:
-            self._interrupt()
-        self._deliver(None)
+        except Exception:
+            logger.exception("reading a WebSocket of %r failed", self.identity.user_id)
+            self._broken()
+        finally:
+            # Gone, broken, or cancelled because the conversation ends: wake the handler.
+            if self._handling:
+                self._interrupt()
+            self._deliver(None)
 
     def _deliver(self, data: str | bytes | None) -> None:
         self.inbox.append(data)
@@ -199,7 +207,7 @@ class _Conversation:
     def _stop(self) -> None:
         """The server is shutting down: end the conversation."""
         self._stopping = True
-        if self._reading or self._replying:
+        if self._reading or self._handling:
             self._interrupt()
         self._deliver(None)
 
@@ -220,6 +228,7 @@ class _Conversation:
     # -- answering ----------------------------------------------------------------------
 
     async def _handle(self, data: str | bytes) -> None:
+        self._handling = True
         try:
             await self._answer(data)
         except _PeerGone:
@@ -227,6 +236,8 @@ class _Conversation:
         except asyncio.CancelledError:
             if not self._taken_back():
                 raise
+        finally:
+            self._handling = False
 
     async def _answer(self, data: str | bytes) -> None:
         try:
@@ -236,7 +247,6 @@ class _Conversation:
                 return
             if self.closed:
                 return  # nobody to answer
-            self._replying = True
             watch = asyncio.get_running_loop().call_later(_WATCH_AFTER, self._watch)
             try:
                 frames = reply_frames(self.web, self.identity, request, "websocket")
@@ -248,7 +258,6 @@ class _Conversation:
                     raise
             finally:
                 watch.cancel()
-                self._replying = False
         except ChatSessionError as exc:
             await self._send(error_frame(exc))
 
