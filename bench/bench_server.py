@@ -7,10 +7,13 @@ measured in the same run as the chat server, so the ratio compares like with lik
 
 1. Chat round trips per second over WebSocket (echo model, batched fsync) at 50 and 500
    concurrent connections, against a bare Starlette WebSocket echo server; p50 and p99.
-   Two more lines show where the difference goes: the bare server answering with the two
-   frames of a chat reply, and the chat server keeping dialogs in memory. Each line also
-   gives the server's CPU time per round trip and how busy the load generator was: a
-   load generator near 100% means that line measured the client, not the server.
+   Three more lines show where the difference goes: the bare server answering with the
+   two frames of a chat reply; the least a stored reply takes (parse the frame, append two
+   records to a file, send two frames: no sessions, model or checks); and the chat server
+   keeping dialogs in memory. Each line also gives the server's CPU time per round trip
+   and how busy the load generator was: a load generator near 100% means that line
+   measured the client, not the server. ``python -m bench instructions`` counts the same
+   servers' instructions per round trip, which the machine's load does not change.
 2. Memory per idle WebSocket connection (each its own user and session) with 10,000 held.
 3. SIGTERM with 1,000 active sessions: time until the process exits, and how many
    sessions were archived with reason ``shutdown``.
@@ -71,7 +74,24 @@ def _bare_echo_app() -> object:
         except WebSocketDisconnect:
             pass
 
-    return Starlette(routes=[WebSocketRoute("/ws", echo), WebSocketRoute("/frames", frames)])
+    async def minimal(websocket: WebSocket) -> None:
+        # The least a stored chat reply takes: parse the frame, append the user's message
+        # and the reply to an open file, send the two frames. No sessions, model or checks.
+        await websocket.accept()
+        with tempfile.TemporaryFile(buffering=0) as dialog:
+            try:
+                while True:
+                    text = json.loads(await websocket.receive_text())["text"]
+                    dialog.write(f"- role: user\n  content: {text}\n".encode())
+                    reply = f"echo: {text}"
+                    await websocket.send_text(json.dumps({"type": "response", "content": reply}))
+                    dialog.write(f"- role: assistant\n  content: {reply}\n".encode())
+                    await websocket.send_text('{"type":"done"}')
+            except WebSocketDisconnect:
+                pass
+
+    routes = [("/ws", echo), ("/frames", frames), ("/minimal", minimal)]
+    return Starlette(routes=[WebSocketRoute(path, endpoint) for path, endpoint in routes])
 
 
 def _serve_bare_echo(port: int) -> None:
@@ -198,7 +218,7 @@ class Load:
 
 async def _load(port: int, clients: int, seconds: float, mode: str, server_pid: int) -> Load:
     """Round trips per second and their latencies; ``mode`` is bare, frames or chat."""
-    url = f"ws://{HOST}:{port}/{'frames' if mode == 'frames' else 'ws'}"
+    url = f"ws://{HOST}:{port}/{mode if mode in ('frames', 'minimal') else 'ws'}"
     chat = mode in ("chat", "memory")
     until_done = mode != "bare"
     sockets = await asyncio.gather(*(_open(url, f"user{i}", chat) for i in range(clients)))
@@ -235,12 +255,12 @@ def _percentile(values: list[float], fraction: float) -> float:
 
 def bench_round_trips(clients: int, seconds: float, repeats: int) -> float:
     """Chat against bare echo (one frame back) and bare frames (a reply's two frames back)."""
-    modes = ("bare", "frames", "chat", "memory")
+    modes = ("bare", "frames", "minimal", "chat", "memory")
     results: dict[str, list[tuple[float, ...]]] = {mode: [] for mode in modes}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(repeats):
             for mode in modes:
-                kind = {"frames": "bare"}.get(mode, mode)
+                kind = "bare" if mode in ("frames", "minimal") else mode
                 with _server(kind, Path(tmp) / "data") as (process, port):
                     load = asyncio.run(_load(port, clients, seconds, mode, process.pid))
                 p50, p99 = _percentile(load.latencies, 0.5), _percentile(load.latencies, 0.99)
@@ -266,6 +286,7 @@ def bench_round_trips(clients: int, seconds: float, repeats: int) -> float:
         f"  chat {describe('chat')}\n"
         f"  bare echo {describe('bare')}\n"
         f"  bare echo sending a chat reply's 2 frames {describe('frames')}\n"
+        f"  the least a stored reply takes (parse, 2 appends, 2 frames) {describe('minimal')}\n"
         f"  chat with dialogs in memory instead of YAML files {describe('memory')}\n"
         f"  chat / bare echo {chat / bare:.0%} of the round trips; chat / bare 2 frames "
         f"{chat / frames:.0%}; server CPU a round trip, chat / bare echo "

@@ -98,8 +98,8 @@ class _Conversation:
     sent ahead wait in `inbox`) so that a peer that leaves, or stops answering pings, is
     noticed while a reply streams; a quick reply never needs one. When the peer is found
     gone while the handler answers a frame, or the server stops, the handler is
-    interrupted: it is cancelled, and the cancellation is taken back once what it was doing has stopped (a cancelled reply
-    is stored as far as it got, marked interrupted).
+    interrupted: it is cancelled, and the cancellation is taken back once what it was
+    doing has stopped (a cancelled reply is stored as far as it got, marked interrupted).
     """
 
     def __init__(
