@@ -18,32 +18,19 @@ import argparse
 import asyncio
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from websockets.asyncio.client import ClientConnection
 
 from bench._timing import Verdict
-from bench.bench_server import HOST, _free_port, _open, _round_trip
+from bench.bench_server import HOST, _open, _round_trip, _server
 
 CONNECTIONS = 10
 _TOTAL = re.compile(r"^(?:summary|totals): (\d+)", re.MULTILINE)
-
-
-def _command(kind: str, port: int, data_dir: Path) -> list[str]:
-    if kind == "chat":
-        return [
-            *(sys.executable, "-m", "chatsession", "serve", "--port", str(port)),
-            *("--data-dir", str(data_dir), "--rate-limit", "0", "--model", "echo"),
-            *("--max-connections-per-user", "100000"),
-        ]
-    return [sys.executable, "-m", "bench.bench_server", "--serve-bare-echo", str(port)]
 
 
 def _callgrind_control(action: str, pid: int) -> None:
@@ -73,31 +60,13 @@ async def _drive(port: int, mode: str, trips: int, pid: int) -> None:
 def count(mode: str, trips: int) -> float:
     """Instructions the server runs per round trip in ``mode`` (bare, frames, minimal, chat)."""
     with tempfile.TemporaryDirectory() as tmp:
-        port = _free_port()
         output = Path(tmp) / "callgrind.out"
-        command = [
-            *("valgrind", "--tool=callgrind", f"--callgrind-out-file={output}"),
-            *_command("chat" if mode == "chat" else "bare", port, Path(tmp) / "data"),
-        ]
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            deadline = time.monotonic() + 300  # starting Python under valgrind is slow
-            while True:
-                try:
-                    with socket.create_connection((HOST, port), timeout=1):
-                        break
-                except OSError:
-                    if time.monotonic() > deadline or process.poll() is not None:
-                        raise RuntimeError(f"the {mode} server did not start") from None
-                    time.sleep(0.5)
+        wrapper = ("valgrind", "--tool=callgrind", f"--callgrind-out-file={output}")
+        kind = "chat" if mode == "chat" else "bare"
+        # Starting Python under valgrind is slow.
+        with _server(kind, Path(tmp) / "data", wrapper=wrapper, start_timeout=300) as server:
+            process, port = server
             asyncio.run(_drive(port, mode, trips, process.pid))
-        finally:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(120)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
         dumps = list(Path(tmp).glob("callgrind.out.*"))
         if not dumps:
             raise RuntimeError(f"callgrind wrote no dump for the {mode} server")

@@ -147,7 +147,11 @@ def _free_port() -> int:
 
 
 @contextmanager
-def _server(kind: str, data_dir: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+def _server(
+    kind: str, data_dir: Path, *, wrapper: Sequence[str] = (), start_timeout: float = 20
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """A server of ``kind`` (bare, memory or chat) on a free port, ready for connections;
+    ``wrapper`` is a command to run it under (such as valgrind)."""
     port = _free_port()
     if kind == "bare":
         command = [sys.executable, "-m", "bench.bench_server", "--serve-bare-echo", str(port)]
@@ -158,10 +162,13 @@ def _server(kind: str, data_dir: Path) -> Iterator[tuple[subprocess.Popen[bytes]
         command += ["--data-dir", str(data_dir), "--rate-limit", "0", "--model", "echo"]
         command += ["--shutdown-grace", "10", "--max-connections-per-user", "100000"]
     process = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_server_cpus
+        [*wrapper, *command],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=_server_cpus,
     )
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + start_timeout
         while True:
             try:
                 with socket.create_connection((HOST, port), timeout=0.2):
