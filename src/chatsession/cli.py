@@ -23,7 +23,7 @@ from typing import Any
 
 from chatsession._exceptions import ChatSessionError, ConfigError
 from chatsession.domain import ArchiveSummary
-from chatsession.settings import Settings, environment_variables
+from chatsession.settings import Settings, environment_variables, setting_help
 from chatsession.storage._yaml_format import dump_dialog
 from chatsession.storage.files import YamlDialogStore
 
@@ -36,7 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the chat server (WebSocket, HTTP, SSE)")
+    serve = commands.add_parser(
+        "serve",
+        help="run the chat server (WebSocket, HTTP, SSE)",
+        description="Run the chat server. Each flag mirrors an environment variable; a "
+        "flag wins over its variable. Secrets (JWT_SECRET, OPENAI_API_KEY) are read from "
+        "the environment only. Exit codes: 0 after a graceful stop, 2 for a configuration "
+        "mistake (one line saying which).",
+    )
     _add_setting_flags(serve)
     serve.set_defaults(run=_serve)
 
@@ -81,15 +88,38 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
                 dest=field_name,
                 action=argparse.BooleanOptionalAction,
                 default=None,
-                help=f"(${variable})",
+                help=_flag_help(variable),
             )
         else:
             parser.add_argument(
-                flag, dest=field_name, metavar=variable, default=None, help=f"(${variable})"
+                flag, dest=field_name, metavar=variable, default=None, help=_flag_help(variable)
             )
 
 
+def _flag_help(variable: str) -> str:
+    described = setting_help(variable)
+    if described is None:
+        return f"(${variable})"
+    meaning, default = described
+    # argparse expands %-sequences in help: a literal percent must be doubled.
+    return f"{meaning}; default {default} (${variable})".replace("%", "%%")
+
+
 def _serve(args: argparse.Namespace) -> int:
+    # The server's dependencies load only to serve.
+    from chatsession.web._startup import configure_logging, report_startup_error
+
+    configure_logging()  # before settings are read: they may warn
+    try:
+        settings = _settings_from(args)
+    except ConfigError as exc:
+        return report_startup_error(exc, Settings())
+    from chatsession.web import serve
+
+    return serve(settings)
+
+
+def _settings_from(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}
     for field_name, parse in environment_variables().values():
         value = getattr(args, field_name, None)
@@ -102,10 +132,7 @@ def _serve(args: argparse.Namespace) -> int:
                 flag = _FLAG_NAMES.get(field_name, "--" + field_name.replace("_", "-"))
                 raise ConfigError(f"{flag} {value!r} is not accepted: {exc}") from None
         overrides[field_name] = value
-    settings = Settings.from_env(**overrides)
-    from chatsession.web import serve  # the server's dependencies load only to serve
-
-    return serve(settings)
+    return Settings.from_env(**overrides)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,7 +15,7 @@ import resource
 import weakref
 from collections import OrderedDict
 
-__all__ = ["OpenDialog", "OpenDialogs", "default_limit"]
+__all__ = ["DialogFileGone", "OpenDialog", "OpenDialogs", "default_limit"]
 
 logger = logging.getLogger("chatsession.storage")
 
@@ -86,9 +86,22 @@ class OpenDialogs:
         """Append ``data`` to the user's open ``dialog`` whole, or not at all.
 
         Raises:
+            DialogFileGone: the open file is no longer the user's ``current.yaml`` (it was
+                unlinked or replaced by someone else); nothing was written, and it is closed.
             OSError: the write failed; the file is cut back to its length before, and
                 closed (the next append reopens it and measures it afresh).
         """
+        # One fstat: the store's own current.yaml has exactly one link. Anything else means
+        # another process archived, recovered or replaced it, and a message written here
+        # would vanish with the file.
+        if os.fstat(dialog.fd).st_nlink != 1 and not _still_current(dialog):
+            self.close(user_id)
+            logger.error(
+                "%s was unlinked or replaced by another process while open: the message is "
+                "refused, not stored (is a second server using this data dir?)",
+                dialog.path,
+            )
+            raise DialogFileGone(dialog.path)
         try:
             written = os.write(dialog.fd, data)
             if written != len(data):  # the disk is filling up, most likely
@@ -116,6 +129,23 @@ class OpenDialogs:
 
     def close_all(self) -> None:
         _close_all(self._dialogs)
+
+
+class DialogFileGone(OSError):
+    """The open ``current.yaml`` was unlinked or replaced under the store."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"{path} was unlinked or replaced by another process")
+        self.path = path
+
+
+def _still_current(dialog: OpenDialog) -> bool:
+    """Whether the open file is the one at its path (it may have gained a hard link)."""
+    try:
+        opened, named = os.fstat(dialog.fd), os.stat(dialog.path)
+    except OSError:
+        return False
+    return opened.st_nlink > 0 and (opened.st_dev, opened.st_ino) == (named.st_dev, named.st_ino)
 
 
 def _write_all(fd: int, data: bytes) -> None:

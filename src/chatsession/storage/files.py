@@ -49,7 +49,12 @@ from chatsession._exceptions import (
 from chatsession._types import Durability, EndReason
 from chatsession.domain import ArchiveSummary, Dialog, Message
 from chatsession.storage import _yaml_format as fmt
-from chatsession.storage._open_dialogs import OpenDialog, OpenDialogs, default_limit
+from chatsession.storage._open_dialogs import (
+    DialogFileGone,
+    OpenDialog,
+    OpenDialogs,
+    default_limit,
+)
 from chatsession.storage._paths import directory_name, user_id_from_directory
 
 __all__ = ["YamlDialogStore"]
@@ -546,6 +551,8 @@ def _fsync_directory(directory: Path) -> None:
 
 
 def _storage_error(exc: OSError, path: Path | str) -> StorageError:
+    if isinstance(exc, DialogFileGone):
+        return StorageError(f"{exc}; the message was not stored")
     if exc.errno in _FULL_DISK:
         return StorageFullError(f"{path}: the disk is full ({exc.strerror}); nothing was stored")
     return StorageError(f"{path}: {exc.strerror or exc}")

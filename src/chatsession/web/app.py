@@ -9,13 +9,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
+from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from chatsession._exceptions import (
-    ChatSessionError,
-)
+from chatsession._exceptions import AuthenticationError, ChatSessionError
 from chatsession.chatserver import ChatServer
 from chatsession.models.base import ChatModel
 from chatsession.settings import Settings
@@ -30,7 +29,7 @@ from chatsession.web.metrics import Metrics, TimedStore
 from chatsession.web.protocol import event_frame, status_of
 from chatsession.web.shutdown import Drain
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "create_app_from_env"]
 
 logger = logging.getLogger("chatsession.web")
 
@@ -41,10 +40,14 @@ def create_app(
     store: DialogStore | None = None,
     model: ChatModel | None = None,
     drain: Drain | None = None,
+    address: str | None = None,
 ) -> FastAPI:
     """The chat server's ASGI app; its lifespan runs a `ChatServer` over ``settings``.
 
     ``drain`` is the switch a server throws at shutdown (see `chatsession.web.shutdown`).
+    ``address`` is where the app is served, recorded as the data dir's owner. A
+    `ChatSessionError` that stops the lifespan's start is kept in ``app.state.startup_error``
+    for the server to report.
     """
     settings = settings if settings is not None else Settings()
     auth = Authenticator(settings)  # a bad JWT configuration fails here, before serving
@@ -53,9 +56,16 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         metrics = Metrics()
-        chosen = store if store is not None else open_store(settings.data_dir, settings.durability)
         channels = Channels()
-        async with ChatServer(settings, store=TimedStore(chosen, metrics), model=model) as chat:
+        try:
+            chosen = store or open_store(settings.data_dir, settings.durability)
+            chat = ChatServer(settings, store=TimedStore(chosen, metrics), model=model)
+            chat.address = address
+            await chat.__aenter__()  # takes the data dir's lock, then recovers
+        except ChatSessionError as exc:
+            app.state.startup_error = exc
+            raise
+        try:
             metrics.watch(chat)
             chat.on(
                 "session_event", lambda event: channels.publish(event.user_id, event_frame(event))
@@ -75,6 +85,8 @@ def create_app(
                 yield {"web": web}
             finally:
                 drain.attach(None)
+        finally:
+            await chat.aclose()
 
     app = FastAPI(
         title="chatsession",
@@ -85,7 +97,9 @@ def create_app(
     )
     for module in (ws, http_chat, sse, dialogs, health, page):
         app.include_router(module.router)
+    app.state.startup_error = None
     app.add_exception_handler(ChatSessionError, _error_response)  # type: ignore[arg-type]
+    app.add_exception_handler(HTTPException, _http_error_response)  # type: ignore[arg-type]
     app.add_middleware(SessionHeaderMiddleware)
     if settings.cors_origins:
         app.add_middleware(
@@ -99,11 +113,36 @@ def create_app(
     return app
 
 
+def create_app_from_env() -> FastAPI:
+    """The app configured from the environment, for ASGI servers' ``--factory`` option.
+
+    ``uvicorn 'chatsession.web:create_app_from_env' --factory``; gunicorn with uvicorn
+    workers and hypercorn take the same import string. Signals belong to that server:
+    under stock uvicorn a WebSocket closed by its shutdown (1012) still archives its
+    session as ``shutdown``.
+    """
+    return create_app(Settings.from_env())
+
+
+# What development mode trusts, said to a caller who sent neither.
+_DEV_HINT = "development mode: send an x-user-id header, or ?userId= for browsers"
+
+
 async def _error_response(request: Request, exc: ChatSessionError) -> Response:
     status = status_of(exc)
     if status == 500:
         logger.error("request %s %s failed: %s", request.method, request.url.path, exc)
-    return JSONResponse({"error": str(exc)}, status_code=status)
+    body = {"error": str(exc)}
+    web = getattr(request.state, "web", None)
+    dev = isinstance(web, WebState) and web.settings.auth_mode == "dev"
+    if isinstance(exc, AuthenticationError) and dev:
+        body["hint"] = _DEV_HINT
+    return JSONResponse(body, status_code=status)
+
+
+async def _http_error_response(request: Request, exc: HTTPException) -> Response:
+    # Unknown routes and methods answer in the API's own shape, not FastAPI's {"detail"}.
+    return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 
 class SessionHeaderMiddleware:

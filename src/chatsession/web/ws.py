@@ -42,6 +42,9 @@ router = APIRouter()
 # Close codes of a connection that ended on purpose; anything else ends the session as error.
 _CLEAN_CLOSES = frozenset((1000, 1001, 1005))
 GOING_AWAY = 1001
+# What uvicorn's own shutdown reports for the connections it closes ("service restart"):
+# under a stock uvicorn (the app factory) this is the server stopping, not the user leaving.
+SERVICE_RESTART = 1012
 # Frames a client may send ahead while a reply streams; more are refused, not buffered.
 _BACKLOG = 32
 _BACKLOG_FULL = f"too many messages waiting for a reply (at most {_BACKLOG}); this one was dropped"
@@ -118,6 +121,7 @@ class _Conversation:
         self._handling = False  # answering a frame: a reply, a pong or an error
         self._interrupted = False
         self._stopping = False
+        self.restarting = False  # the ASGI server closed the connection as it stops
 
     async def run(self) -> None:
         try:
@@ -130,6 +134,8 @@ class _Conversation:
                 await asyncio.gather(self._reader, return_exceptions=True)
         if self.web.drain.closing and not self.closed:
             await self._close(GOING_AWAY, "server shutting down")
+        if self.restarting:  # before the connection closes, so it ends as shutdown
+            await self.web.chat.end_user_session(self.identity.user_id, "shutdown")
 
     # -- receiving ----------------------------------------------------------------------
 
@@ -160,7 +166,10 @@ class _Conversation:
 
     def _accept(self, message: Message) -> str | bytes | None:
         if message["type"] == "websocket.disconnect":
-            if message.get("code", 1000) not in _CLEAN_CLOSES:
+            code = message.get("code", 1000)
+            if code == SERVICE_RESTART:
+                self.restarting = True
+            elif code not in _CLEAN_CLOSES:
                 self.connection.fail()
             self.closed = True
             return None
