@@ -327,7 +327,9 @@ class _SessionsView(Mapping[str, SessionInfo]):
 def _enable_session_debug() -> None:
     session_logger = logging.getLogger("chatsession.sessions")
     session_logger.setLevel(logging.DEBUG)
-    if not logging.getLogger().handlers and not session_logger.handlers:
+    # A handler anywhere up the hierarchy (the server's, the application's) prints the
+    # lines already: a second one here would print each of them twice.
+    if not session_logger.hasHandlers():
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s session %(message)s"))
         session_logger.addHandler(handler)

@@ -31,14 +31,19 @@ def default_limit() -> int:
 
 
 class OpenDialog:
-    """One user's ``current.yaml``, open for appending; ``size`` is its length in bytes."""
+    """One user's ``current.yaml``, open for appending; ``size`` is its length in bytes.
 
-    __slots__ = ("fd", "path", "size")
+    ``inode`` is the open file's (device, inode), to tell whether ``path`` still names it.
+    """
+
+    __slots__ = ("fd", "inode", "path", "size")
 
     def __init__(self, fd: int, path: str, size: int) -> None:
         self.fd = fd
         self.path = path
         self.size = size
+        opened = os.fstat(fd)
+        self.inode = (opened.st_dev, opened.st_ino)
 
 
 class OpenDialogs:
@@ -91,10 +96,9 @@ class OpenDialogs:
             OSError: the write failed; the file is cut back to its length before, and
                 closed (the next append reopens it and measures it afresh).
         """
-        # One fstat: the store's own current.yaml has exactly one link. Anything else means
-        # another process archived, recovered or replaced it, and a message written here
-        # would vanish with the file.
-        if os.fstat(dialog.fd).st_nlink != 1 and not _still_current(dialog):
+        # One stat of the path: if it no longer names the open file, another process
+        # archived, recovered or replaced it, and a message written here would be lost.
+        if not _still_current(dialog):
             self.close(user_id)
             logger.error(
                 "%s was unlinked or replaced by another process while open: the message is "
@@ -140,12 +144,12 @@ class DialogFileGone(OSError):
 
 
 def _still_current(dialog: OpenDialog) -> bool:
-    """Whether the open file is the one at its path (it may have gained a hard link)."""
+    """Whether ``dialog.path`` still names the open file (a hard link elsewhere is fine)."""
     try:
-        opened, named = os.fstat(dialog.fd), os.stat(dialog.path)
-    except OSError:
+        named = os.stat(dialog.path)
+    except FileNotFoundError:
         return False
-    return opened.st_nlink > 0 and (opened.st_dev, opened.st_ino) == (named.st_dev, named.st_ino)
+    return (named.st_dev, named.st_ino) == dialog.inode
 
 
 def _write_all(fd: int, data: bytes) -> None:
