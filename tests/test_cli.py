@@ -68,3 +68,22 @@ def test_console_script_runs(archived: str, tmp_path: Path) -> None:
         check=True,
     )
     assert archived in result.stdout
+
+
+def test_serve_help_gives_each_flag_its_meaning_unit_default_and_variable() -> None:
+    """serve --help: "--session-timeout ... in milliseconds; default 300000 ($SESSION_TIMEOUT)"."""
+    serve_help = " ".join(
+        subprocess.run(
+            [sys.executable, "-m", "chatsession", "serve", "--help"],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+        ).stdout.split()
+    )
+    assert "inactivity before a session ends, in milliseconds; default 300000" in serve_help
+    assert "($SESSION_TIMEOUT)" in serve_help
+    assert "seconds shutdown waits for replies still streaming; default 10" in serve_help
+    assert "the model: auto, local, openai:<model> or echo; default auto ($CHAT_MODEL)" in (
+        serve_help
+    )

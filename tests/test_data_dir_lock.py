@@ -29,7 +29,8 @@ async def test_a_second_chat_server_on_the_same_data_dir_is_refused(tmp_path: Pa
                 pass
         await collect(first, "alice", "still mine")
         dialog = await first.get_current_dialog("alice")
-        assert dialog is not None and len(dialog.messages) == 4
+        assert dialog is not None
+        assert len(dialog.messages) == 4
         assert await first.list_archives("alice") == []
 
 
@@ -76,9 +77,11 @@ async def test_a_dialog_unlinked_under_the_store_refuses_the_message(
         os.link(path, elsewhere)  # what another process's recovery does: link, then unlink
         path.unlink()
         kept = elsewhere.read_bytes()
-        with caplog.at_level(logging.ERROR, "chatsession.storage"):
-            with pytest.raises(StorageError, match="unlinked or replaced"):
-                await collect(chat, "alice", "two")
+        with (
+            caplog.at_level(logging.ERROR, "chatsession.storage"),
+            pytest.raises(StorageError, match="unlinked or replaced"),
+        ):
+            await collect(chat, "alice", "two")
         assert str(path) in caplog.text
         assert elsewhere.read_bytes() == kept  # nothing written into a file nobody reads
 
@@ -104,7 +107,8 @@ async def test_a_hard_link_to_the_open_dialog_is_harmless(tmp_path: Path) -> Non
         os.link(path, tmp_path / "backup.yaml")
         await collect(chat, "alice", "two")
         dialog = await chat.get_current_dialog("alice")
-        assert dialog is not None and [m.content for m in dialog.messages][-2:] == [
+        assert dialog is not None
+        assert [m.content for m in dialog.messages][-2:] == [
             "two",
             "echo: two",
         ]

@@ -29,8 +29,15 @@ def _current(url: str) -> list[str]:
 
 def _serve_second(data_dir: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "chatsession", "serve", "--port", str(free_port())]
-        + ["--data-dir", str(data_dir), "--model", "echo"],
+        [
+            sys.executable,
+            "-m",
+            "chatsession",
+            "serve",
+            "--port",
+            str(free_port()),
+            *("--data-dir", str(data_dir), "--model", "echo"),
+        ],
         capture_output=True,
         text=True,
         timeout=30,
@@ -67,6 +74,4 @@ def test_a_server_killed_with_sigkill_leaves_the_data_dir_free_at_once(tmp_path:
             archives = httpx.get(
                 f"{second.url}/dialogs", headers={"x-user-id": "alice"}, timeout=10
             ).json()
-    assert [(a["endReason"], a["messageCount"]) for a in archives["archives"]] == [
-        ("recovered", 2)
-    ]
+    assert [(a["endReason"], a["messageCount"]) for a in archives["archives"]] == [("recovered", 2)]
