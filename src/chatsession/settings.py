@@ -22,7 +22,8 @@ variable                       meaning                                    defaul
 ``MODEL_PATH``                 a GGUF file for the local model            SmolLM2-135M
 ``MODEL_THREADS``              CPU threads of the local model             every core
 ``MODEL_CONTEXT``              the model's context window, in tokens      4096 (local)
-``MODEL_MAX_TOKENS``           the longest reply, in tokens               ``512``
+``MODEL_MAX_TOKENS``           the longest reply, in tokens               256 (local),
+                                                                          512
 ``MODEL_TIMEOUT``              seconds an endpoint may stay silent        ``60``
 ``MODEL_RETRIES``              retries on 429 and 5xx before a reply      ``2``
 ``MODEL_QUEUE_TIMEOUT``        seconds a chat waits for the busy local    ``60``
@@ -109,7 +110,7 @@ class Settings:
     model_path: Path | None = None
     model_threads: int | None = None
     model_context: int | None = None
-    model_max_tokens: int = 512
+    model_max_tokens: int | None = None  # 256 for the local model, 512 for endpoints
     model_timeout: float = 60.0
     model_retries: int = 2
     model_queue_timeout: float = 60.0
@@ -158,7 +159,7 @@ class Settings:
         for name in ("model_threads", "model_context"):
             if getattr(self, name) is not None and not getattr(self, name) >= 1:
                 raise ConfigError(f"{name} must be 1 or more, got {getattr(self, name)!r}")
-        if not self.model_max_tokens >= 1:
+        if self.model_max_tokens is not None and not self.model_max_tokens >= 1:
             raise ConfigError(f"model_max_tokens must be 1 or more, got {self.model_max_tokens!r}")
         if not self.model_retries >= 0:
             raise ConfigError(f"model_retries must be 0 or more, got {self.model_retries!r}")
@@ -410,7 +411,7 @@ _HELP: dict[str, tuple[str, str]] = {
     "MODEL_PATH": ("a GGUF file for the local model", "SmolLM2-135M"),
     "MODEL_THREADS": ("CPU threads of the local model", "every core"),
     "MODEL_CONTEXT": ("the model's context window, in tokens", "4096 (local)"),
-    "MODEL_MAX_TOKENS": ("the longest reply, in tokens", "512"),
+    "MODEL_MAX_TOKENS": ("the longest reply, in tokens", "256 (local), 512 (endpoints)"),
     "MODEL_TIMEOUT": ("seconds an endpoint may take to connect or stay silent", "60"),
     "MODEL_RETRIES": ("retries of requests refused with 429 or 5xx", "2"),
     "MODEL_QUEUE_TIMEOUT": ("seconds a chat waits for the busy local model", "60"),
