@@ -113,7 +113,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         settings = _settings_from(args)
     except ConfigError as exc:
-        return report_startup_error(exc, Settings())
+        return report_startup_error(exc, Settings(debug=os.environ.get("DEBUG", "")))
     from chatsession.web import serve
 
     return serve(settings)
