@@ -14,7 +14,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
-from chatsession._exceptions import ChatSessionError, ModelOutputError, PayloadTooLarge
+from chatsession._exceptions import (
+    ChatSessionError,
+    ModelOutputError,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 from chatsession.web._race import race
 from chatsession.web._state import WebState, identify, requested_session_id, web_state
 from chatsession.web.auth import Identity
@@ -31,6 +36,7 @@ router = APIRouter()
 async def chat(request: Request) -> Response:
     web = web_state(request)
     identity = identify(request)
+    _require_json(request)
     body = await _read_body(request, web.settings.max_message_bytes)
     chat_request = parse_chat_body(body, web.settings.max_message_bytes)
     info = await web.chat.start_user_session(identity.user_id, requested_session_id(request))
@@ -80,6 +86,18 @@ def _reply_stream(
         yield session_id, frames()
 
     return open_reply
+
+
+def _require_json(request: Request) -> None:
+    # A form or text/plain body is what a page on another site can send without asking
+    # the browser first (no CORS preflight); a JSON body it cannot.
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise UnsupportedMediaType(
+            f"send the message as JSON with content-type application/json, not {media_type!r}"
+            if media_type
+            else "send the message as JSON with content-type application/json"
+        )
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

@@ -24,6 +24,7 @@ import uvicorn
 from chatsession._exceptions import ConfigError
 from chatsession.models import resolve_model_spec
 from chatsession.settings import Settings
+from chatsession.web._protocols import RefusingWebSocketProtocol, bounded_http_protocol
 from chatsession.web.app import create_app
 from chatsession.web.auth import check_bind
 from chatsession.web.shutdown import Drain
@@ -96,6 +97,12 @@ def build_server(settings: Settings) -> ChatUvicornServer:
         access_log=False,
         lifespan="on",
         server_header=False,
+        http=bounded_http_protocol(
+            settings.max_header_bytes, settings.header_timeout, settings.max_connections
+        ),
+        ws=RefusingWebSocketProtocol,
+        # uvicorn counts the connection asking, too: this serves MAX_CONNECTIONS at once.
+        limit_concurrency=settings.max_connections + 1 if settings.max_connections else None,
     )
     return ChatUvicornServer(config, drain)
 

@@ -16,17 +16,18 @@ from collections import deque
 from contextlib import suppress
 
 from fastapi import APIRouter
-from starlette.responses import JSONResponse
 from starlette.types import Message
-from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from chatsession._exceptions import ChatSessionError, RequestError
+from chatsession._exceptions import ChatSessionError, RequestError, StorageError
 from chatsession._state import Connection
+from chatsession.web._guards import deny_websocket
 from chatsession.web._state import WebState, identify, requested_session_id, web_state
 from chatsession.web.auth import Identity
 from chatsession.web.protocol import (
     Frame,
     PingRequest,
+    client_message,
     encode_frame,
     error_frame,
     parse_ws_frame,
@@ -70,7 +71,7 @@ async def websocket_chat(websocket: WebSocket) -> None:
     except RequestError as exc:
         await _deny(websocket, exc.status, str(exc))
     except ChatSessionError as exc:  # the server closed between the check and the connect
-        await _deny(websocket, 503, str(exc))
+        await _deny(websocket, 503, client_message(exc))
     except (WebSocketDisconnect, OSError):
         pass  # gone during the handshake: the session machinery has already seen it fail
 
@@ -80,14 +81,7 @@ class _PeerGone(Exception):
 
 
 async def _deny(websocket: WebSocket, status: int, message: str) -> None:
-    """Refuse the handshake with an HTTP status, where the server supports that."""
-    with suppress(WebSocketDisconnect, OSError, RuntimeError):  # the client may be gone
-        if websocket.client_state is WebSocketState.CONNECTING and (
-            "websocket.http.response" in websocket.scope.get("extensions", {})
-        ):
-            await websocket.send_denial_response(JSONResponse({"error": message}, status))
-        else:
-            await websocket.close(1008, message[:120])
+    await deny_websocket(websocket, status, message)
 
 
 class _Conversation:
@@ -259,6 +253,8 @@ class _Conversation:
             finally:
                 watch.cancel()
         except ChatSessionError as exc:
+            if isinstance(exc, StorageError):  # the client's frame does not say which file
+                logger.error("a WebSocket chat of %r failed: %s", self.identity.user_id, exc)
             await self._send(error_frame(exc))
 
     async def _send(self, frame: Frame) -> None:
