@@ -64,7 +64,10 @@ class EventStream(Response):
                     self._pump(frames, send), _disconnected(receive), self.web.drain.wait()
                 )
                 if not finished and self.web.drain.closing:
-                    await self._send(send, {"type": "shutdown"})
+                    async with self.web.drain.last_sends():
+                        await self._send(send, {"type": "shutdown"})
+                        await _end_body(send)
+                    return
         except RequestError as exc:
             await JSONResponse({"error": str(exc)}, exc.status)(scope, receive, send)
             return

@@ -123,7 +123,8 @@ class _Conversation:
                 self._reader.cancel()
                 await asyncio.gather(self._reader, return_exceptions=True)
         if self.web.drain.closing and not self.closed:
-            await self._close(GOING_AWAY, "server shutting down")
+            async with self.web.drain.last_sends():
+                await self._close(GOING_AWAY, "server shutting down")
 
     # -- receiving ----------------------------------------------------------------------
 
