@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+from websockets.asyncio.client import connect
 
 from chatsession.storage import YamlDialogStore
 from tests.web.conftest import serve_process
@@ -91,6 +92,55 @@ async def test_shutdown_is_bounded_with_streams_nobody_reads(tmp_path: Path) -> 
     assert elapsed < 2 * GRACE + 1, f"took {elapsed:.1f} s\n{log}"
     assert "Traceback" not in log
     assert "CancelledError" not in log
+    assert "ERROR" not in log
+    store = YamlDialogStore(data_dir)
+    for user in USERS:
+        archives = await store.list_archives(user)
+        assert [a.end_reason for a in archives] == ["shutdown"], user
+
+
+async def test_shutdown_is_bounded_with_websockets_nobody_reads(tmp_path: Path) -> None:
+    """Three WebSockets that stopped reading mid-reply: SIGTERM exits 0 within ~2x the grace."""
+    data_dir = tmp_path / "data"
+    with serve_process(
+        data_dir,
+        "--shutdown-grace",
+        str(GRACE),
+        "--rate-limit",
+        "0",
+        CHAT_MODEL="echo?delay=0.0002",
+    ) as process:
+        output: list[str] = []
+        reader = threading.Thread(target=lambda: output.extend(process.popen.stdout or ()))
+        reader.start()
+        clients = []
+        for user in USERS:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+            sock.connect(("127.0.0.1", process.port))
+            ws = await connect(
+                f"ws://127.0.0.1:{process.port}/ws",
+                sock=sock,
+                additional_headers={"x-user-id": user},
+                max_queue=1,
+                ping_interval=None,
+            )
+            for _ in range(FILLS):
+                await ws.send(json.dumps({"text": BIG_WORDS}))
+            await ws.send(json.dumps({"text": LONG_MESSAGE}))
+            clients.append(ws)
+        await asyncio.sleep(1.5)  # replies run until the sockets' buffers are full
+        started = time.monotonic()
+        process.signal(signal.SIGTERM)
+        code = await asyncio.to_thread(process.wait, 30)
+        elapsed = time.monotonic() - started
+        for ws in clients:
+            ws.transport.abort()
+        reader.join(10)
+        log = "".join(output)
+    assert code == 0, log
+    assert elapsed < 2 * GRACE + 1, f"took {elapsed:.1f} s\n{log}"
+    assert "Traceback" not in log
     assert "ERROR" not in log
     store = YamlDialogStore(data_dir)
     for user in USERS:
