@@ -129,8 +129,15 @@ class _BoundedHttpToolsProtocol(HttpToolsProtocol):
 class RefusingWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's WebSocket protocol, where a handshake refused with a response is complete."""
 
-    async def send(self, message: Any) -> None:
-        await super().send(message)
-        if message["type"] == "websocket.http.response.body" and not message.get("more_body"):
-            # The handshake ended with this response; uvicorn would report it as abandoned.
-            self.handshake_complete = True
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Wrapped once per connection rather than checking every send: sends are the hot path.
+        app = self.app
+
+        async def app_refusing_properly(scope: Any, receive: Any, send: Any) -> None:
+            await app(scope, receive, send)
+            if self.initial_response is not None and self.close_sent:
+                # The handshake ended with an HTTP response; uvicorn would call it abandoned.
+                self.handshake_complete = True
+
+        self.app = app_refusing_properly
