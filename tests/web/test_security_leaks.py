@@ -16,7 +16,9 @@ import pytest
 from websockets.asyncio.client import connect
 
 from chatsession import ConfigError, Settings
+from chatsession import settings as settings_module
 from chatsession.domain import Message
+from chatsession.settings import environment_variables
 from chatsession.storage import YamlDialogStore
 from chatsession.web.app import create_app
 from tests.test_files_store import T0, _small_disk
@@ -122,3 +124,20 @@ async def test_archives_written_by_crash_recovery_are_private(
         archived = server.store().dialogs_dir("alice") / "archived"
         modes = {path.name: path.stat().st_mode & 0o777 for path in archived.iterdir()}
         assert modes == {f"{archives[0].archive_id}.yaml": 0o600}
+
+
+def test_security_settings_are_documented() -> None:
+    """Each security setting is in the README's tables and the settings docstring."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert "### Security" in readme
+    for variable in (
+        "TRUSTED_PROXY_ADMIN_HEADER",
+        "ALLOWED_ORIGINS",
+        "ALLOWED_HOSTS",
+        "MAX_HEADER_BYTES",
+        "HEADER_TIMEOUT",
+        "MAX_CONNECTIONS",
+    ):
+        assert f"| `{variable}` |" in readme, variable
+        assert f"``{variable}``" in (settings_module.__doc__ or ""), variable
+        assert variable in environment_variables(), variable
