@@ -28,6 +28,7 @@ caller never has to catch another library's exceptions::
         ├── AuthenticationError  401: no identity, or a token that does not verify
         ├── PermissionDenied     403: another user's stream or dialogs, or not an admin
         ├── BadRequest           400: malformed JSON, or an unknown message type
+        ├── RequestTimeout       408: a body that did not arrive in time
         ├── PayloadTooLarge      413: a frame or body over the size limit
         ├── UnsupportedMediaType 415: a body that is not declared as JSON
         ├── InvalidRequest       422: a field is missing or has the wrong type
@@ -61,6 +62,7 @@ __all__ = [
     "PayloadTooLarge",
     "PermissionDenied",
     "RequestError",
+    "RequestTimeout",
     "ServerClosedError",
     "SessionError",
     "StorageError",
@@ -180,6 +182,12 @@ class BadRequest(RequestError):
     """Malformed JSON, or a message type the server does not know."""
 
     status = 400
+
+
+class RequestTimeout(RequestError):
+    """A request body that did not arrive within the time allowed (``HEADER_TIMEOUT``)."""
+
+    status = 408
 
 
 class PayloadTooLarge(RequestError):

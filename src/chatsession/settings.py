@@ -48,7 +48,8 @@ variable                       meaning                                    defaul
                                (``*.example.com`` allowed)                development
 ``MAX_HEADER_BYTES``           largest request line and headers (431)     ``32768``
 ``HEADER_TIMEOUT``             seconds a client may take to send a        ``10``
-                               request's headers
+                               request's headers, and a ``POST /chat``
+                               body
 ``MAX_CONNECTIONS``            open connections in all; more get 503      ``4096``
                                (0: no cap)
 ``MAX_MESSAGE_BYTES``          largest WebSocket frame or HTTP body       ``65536``

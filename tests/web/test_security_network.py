@@ -113,14 +113,30 @@ async def test_slow_and_silent_connections_are_closed_after_the_header_timeout(
             assert (await http.get("/health")).status_code == 200
 
 
+async def test_a_trickled_body_gets_408_and_nothing_is_stored(live: LiveFactory) -> None:
+    """A POST /chat body that stops arriving gets 408 within HEADER_TIMEOUT; nothing stored."""
+    async with live(header_timeout=0.5) as server:
+        head = (
+            b"POST /chat HTTP/1.1\r\nHost: localhost\r\nx-user-id: alice\r\n"
+            b'content-type: application/json\r\ncontent-length: 1000\r\n\r\n{"message"'
+        )
+        reader, writer = await open_raw(server.port, head)
+        assert await status_or_eof(reader, 3) == 408
+        writer.close()
+        assert await server.store().load_current("alice") is None
+
+
 async def test_connections_past_max_connections_get_503(live: LiveFactory) -> None:
-    """Past MAX_CONNECTIONS open connections, HTTP and WebSocket handshakes get 503."""
+    """Past MAX_CONNECTIONS open connections, new ones get 503 at once, handshakes too."""
     async with live(max_connections=3, header_timeout=30) as server:
         held = [await open_raw(server.port, b"GET / HTTP/1.1\r\n") for _ in range(3)]
         await asyncio.sleep(0.1)  # accepted by the server
         async with httpx.AsyncClient(base_url=server.url) as http:
             assert (await http.get("/health")).status_code == 503
         assert await raw_handshake_status(server.port, "localhost") == 503
+        reader, writer = await open_raw(server.port)  # one more that sends nothing
+        assert await status_or_eof(reader, 2) == 503  # at once, not after the header timeout
+        writer.close()
         for _, writer in held:
             writer.close()
         await asyncio.sleep(0.2)

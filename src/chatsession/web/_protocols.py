@@ -4,8 +4,9 @@ uvicorn's httptools parser keeps an unfinished request line or header in memory 
 long it grows, and waits for it however long it takes: one client can take hundreds of
 megabytes, and a few thousand slow ones every file descriptor. `bounded_http_protocol`
 answers 431 once the unfinished head passes ``MAX_HEADER_BYTES``, 408 when it takes longer
-than ``HEADER_TIMEOUT``, and 503 to a WebSocket handshake past ``MAX_CONNECTIONS`` (uvicorn
-checks its ``limit_concurrency`` for plain HTTP requests only). httptools stays the parser:
+than ``HEADER_TIMEOUT``, and 503 to a connection past ``MAX_CONNECTIONS`` as soon as it
+is made (uvicorn's ``limit_concurrency`` answers only once a request's head is in, and
+not for WebSocket handshakes). httptools stays the parser:
 it costs a fraction of h11's CPU per request, and the bounds are a counter and a timer.
 
 `RefusingWebSocketProtocol` lets the app refuse a handshake with an HTTP response without
@@ -61,6 +62,11 @@ class _BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = self.loop.call_later(
             self.header_timeout, self._head_too_slow
         )
+        if self.max_connections and len(self.connections) > self.max_connections:
+            # Refused at once rather than when its head is in: a flood of connections that
+            # never send one would otherwise hold a descriptor each until the timeout.
+            self.logger.warning("Exceeded concurrency limit.")
+            self._refuse(503, "too many connections")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()

@@ -7,6 +7,7 @@ reply is stored marked interrupted.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from typing import Any
@@ -18,6 +19,7 @@ from chatsession._exceptions import (
     ChatSessionError,
     ModelOutputError,
     PayloadTooLarge,
+    RequestTimeout,
     UnsupportedMediaType,
 )
 from chatsession.web._race import race
@@ -37,7 +39,7 @@ async def chat(request: Request) -> Response:
     web = web_state(request)
     identity = identify(request)
     _require_json(request)
-    body = await _read_body(request, web.settings.max_message_bytes)
+    body = await _read_body(request, web.settings.max_message_bytes, web.settings.header_timeout)
     chat_request = parse_chat_body(body, web.settings.max_message_bytes)
     info = await web.chat.start_user_session(identity.user_id, requested_session_id(request))
     request.state.session_id = info.session_id
@@ -100,15 +102,20 @@ def _require_json(request: Request) -> None:
         )
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int, within: float) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"body of {declared} bytes is over the limit of {limit}")
     body = bytearray()
-    async for part in request.stream():
-        body += part
-        if len(body) > limit:
-            raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
+    try:
+        # A body trickled in a byte at a time would hold the connection as long as it liked.
+        async with asyncio.timeout(within):
+            async for part in request.stream():
+                body += part
+                if len(body) > limit:
+                    raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
+    except TimeoutError:
+        raise RequestTimeout(f"the body did not arrive within {within:g} s") from None
     return bytes(body)
 
 
