@@ -58,7 +58,7 @@ async def websocket_chat(websocket: WebSocket) -> None:
     try:
         identity = identify(websocket)
         if web.drain.closing:
-            await _deny(websocket, 503, "the server is shutting down")
+            await deny_websocket(websocket, 503, "the server is shutting down")
             return
         with web.slots.hold(identity.user_id), web.drain.track():
             session_id = requested_session_id(websocket)
@@ -69,19 +69,15 @@ async def websocket_chat(websocket: WebSocket) -> None:
                 )
                 await _Conversation(web, websocket, identity, connection).run()
     except RequestError as exc:
-        await _deny(websocket, exc.status, str(exc))
+        await deny_websocket(websocket, exc.status, str(exc))
     except ChatSessionError as exc:  # the server closed between the check and the connect
-        await _deny(websocket, 503, client_message(exc))
+        await deny_websocket(websocket, 503, client_message(exc))
     except (WebSocketDisconnect, OSError):
         pass  # gone during the handshake: the session machinery has already seen it fail
 
 
 class _PeerGone(Exception):
     """Sending failed: the client is gone."""
-
-
-async def _deny(websocket: WebSocket, status: int, message: str) -> None:
-    await deny_websocket(websocket, status, message)
 
 
 class _Conversation:
