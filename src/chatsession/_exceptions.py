@@ -29,7 +29,9 @@ caller never has to catch another library's exceptions::
         ├── AuthenticationError  401: no identity, or a token that does not verify
         ├── PermissionDenied     403: another user's stream or dialogs, or not an admin
         ├── BadRequest           400: malformed JSON, or an unknown message type
+        ├── RequestTimeout       408: a body that did not arrive in time
         ├── PayloadTooLarge      413: a frame or body over the size limit
+        ├── UnsupportedMediaType 415: a body that is not declared as JSON
         ├── InvalidRequest       422: a field is missing or has the wrong type
         └── TooManyRequests      429: over the per-user message rate or connection limit
 """
@@ -62,11 +64,13 @@ __all__ = [
     "PayloadTooLarge",
     "PermissionDenied",
     "RequestError",
+    "RequestTimeout",
     "ServerClosedError",
     "SessionError",
     "StorageError",
     "StorageFullError",
     "TooManyRequests",
+    "UnsupportedMediaType",
 ]
 
 
@@ -186,10 +190,26 @@ class BadRequest(RequestError):
     status = 400
 
 
+class RequestTimeout(RequestError):
+    """A request body that did not arrive within the time allowed (``HEADER_TIMEOUT``)."""
+
+    status = 408
+
+
 class PayloadTooLarge(RequestError):
     """A WebSocket frame or HTTP body larger than ``max_message_bytes``."""
 
     status = 413
+
+
+class UnsupportedMediaType(RequestError):
+    """A body whose ``Content-Type`` is not ``application/json``.
+
+    Browsers send ``text/plain`` and form bodies to other sites without asking first, so a
+    body of any other type is refused rather than parsed as JSON all the same.
+    """
+
+    status = 415
 
 
 class InvalidRequest(RequestError):

@@ -44,7 +44,19 @@ variable                       meaning                                    defaul
 ``JWT_ADMIN_CLAIM``            claim that grants admin rights when true   ``admin``
 ``TRUSTED_PROXY``              trust ``x-user-id`` on any address (an     ``false``
                                authenticating proxy sits in front)
+``TRUSTED_PROXY_ADMIN_HEADER`` behind a trusted proxy, the header whose  empty (none)
+                               value ``admin`` grants admin rights
 ``CORS_ORIGINS``               origins allowed by CORS, comma-separated   empty
+``ALLOWED_ORIGINS``            more origins whose pages may open ``/ws``  empty
+                               and send ``POST``/``DELETE``
+``ALLOWED_HOSTS``              ``Host`` values served, comma-separated    loopback in
+                               (``*.example.com`` allowed)                development
+``MAX_HEADER_BYTES``           largest request line and headers (431)     ``32768``
+``HEADER_TIMEOUT``             seconds a client may take to send a        ``10``
+                               request's headers, and a ``POST /chat``
+                               body
+``MAX_CONNECTIONS``            open connections in all; more get 503      ``4096``
+                               (0: no cap)
 ``MAX_MESSAGE_BYTES``          largest WebSocket frame or HTTP body       ``65536``
 ``RATE_LIMIT``                 chat messages per minute per user (0: off) ``60``
 ``MAX_CONNECTIONS_PER_USER``   open WebSocket/SSE connections per user    ``8``
@@ -127,7 +139,13 @@ class Settings:
     jwt_issuer: str = ""
     jwt_admin_claim: str = "admin"
     trusted_proxy: bool = False
+    trusted_proxy_admin_header: str = ""
     cors_origins: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
+    max_header_bytes: int = 32768
+    header_timeout: float = 10.0
+    max_connections: int = 4096
     max_message_bytes: int = 65536
     rate_limit: int = 60
     max_connections_per_user: int = 8
@@ -181,16 +199,18 @@ class Settings:
             raise ConfigError(f"port must be between 0 and 65535, got {self.port!r}")
         if self.jwt_secret and self.jwt_public_key:
             raise ConfigError("give jwt_secret (HS256) or jwt_public_key (RS256/ES256), not both")
-        for name in ("max_message_bytes", "max_connections_per_user"):
+        for name in ("max_message_bytes", "max_connections_per_user", "max_header_bytes"):
             if not getattr(self, name) >= 1:
                 raise ConfigError(f"{name} must be 1 or more, got {getattr(self, name)!r}")
-        if not self.rate_limit >= 0:
-            raise ConfigError(f"rate_limit must be 0 or more, got {self.rate_limit!r}")
-        for name in ("heartbeat_interval", "ws_ping_interval", "ws_ping_timeout"):
+        for name in ("rate_limit", "max_connections"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{name} must be 0 or more, got {getattr(self, name)!r}")
+        for name in ("heartbeat_interval", "ws_ping_interval", "ws_ping_timeout", "header_timeout"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be greater than 0, got {getattr(self, name)!r}")
         object.__setattr__(self, "jwt_algorithms", tuple(self.jwt_algorithms))
-        object.__setattr__(self, "cors_origins", tuple(self.cors_origins))
+        for name in ("cors_origins", "allowed_origins", "allowed_hosts"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
 
     @property
     def auth_mode(self) -> str:
@@ -383,7 +403,13 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "JWT_ISSUER": ("jwt_issuer", str),
     "JWT_ADMIN_CLAIM": ("jwt_admin_claim", _nonempty),
     "TRUSTED_PROXY": ("trusted_proxy", _boolean),
+    "TRUSTED_PROXY_ADMIN_HEADER": ("trusted_proxy_admin_header", str),
     "CORS_ORIGINS": ("cors_origins", _names),
+    "ALLOWED_ORIGINS": ("allowed_origins", _names),
+    "ALLOWED_HOSTS": ("allowed_hosts", _names),
+    "MAX_HEADER_BYTES": ("max_header_bytes", _positive_count),
+    "HEADER_TIMEOUT": ("header_timeout", _positive_seconds),
+    "MAX_CONNECTIONS": ("max_connections", _count),
     "MAX_MESSAGE_BYTES": ("max_message_bytes", _count),
     "RATE_LIMIT": ("rate_limit", _count),
     "MAX_CONNECTIONS_PER_USER": ("max_connections_per_user", _count),

@@ -402,9 +402,13 @@ class YamlDialogStore:
         # Rewritten whole rather than appended to, so a torn tail does not reach the archive.
         temporary = directory / (CURRENT + ".tmp")
         try:
-            temporary.write_text(fmt.dump_dialog(dialog), encoding="utf-8")
-            with open(temporary, "rb") as file:
-                os.fsync(file.fileno())
+            # 0600 like every other dialog file: a dialog is its user's alone.
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                _write_all(fd, fmt.dump_dialog(dialog).encode("utf-8"))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             os.replace(temporary, path)
         except OSError as exc:
             temporary.unlink(missing_ok=True)

@@ -14,19 +14,20 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from chatsession._exceptions import AuthenticationError, ChatSessionError
+from chatsession._exceptions import AuthenticationError, ChatSessionError, StorageError
 from chatsession.chatserver import ChatServer
 from chatsession.models.base import ChatModel
 from chatsession.settings import Settings
 from chatsession.storage import open_store
 from chatsession.storage.base import DialogStore
 from chatsession.web import dialogs, health, http_chat, page, sse, ws
+from chatsession.web._guards import RequestGuard
 from chatsession.web._state import WebState
 from chatsession.web.auth import Authenticator
 from chatsession.web.channels import Channels
 from chatsession.web.limits import ConnectionSlots, RateLimiter
 from chatsession.web.metrics import Metrics, TimedStore
-from chatsession.web.protocol import event_frame, status_of
+from chatsession.web.protocol import client_message, event_frame, status_of
 from chatsession.web.shutdown import Drain
 
 __all__ = ["create_app", "create_app_from_env"]
@@ -110,6 +111,7 @@ def create_app(
             allow_headers=["authorization", "content-type", "x-user-id", "x-session-id"],
             expose_headers=["x-session-id"],
         )
+    app.add_middleware(RequestGuard, settings=settings)  # outermost: before CORS and routes
     return app
 
 
@@ -130,9 +132,9 @@ _DEV_HINT = "development mode: send an x-user-id header, or ?userId= for browser
 
 async def _error_response(request: Request, exc: ChatSessionError) -> Response:
     status = status_of(exc)
-    if status == 500:
+    if status == 500 or isinstance(exc, StorageError):  # the log names the file; not the client
         logger.error("request %s %s failed: %s", request.method, request.url.path, exc)
-    body = {"error": str(exc)}
+    body = {"error": client_message(exc)}
     web = getattr(request.state, "web", None)
     dev = isinstance(web, WebState) and web.settings.auth_mode == "dev"
     if isinstance(exc, AuthenticationError) and dev:

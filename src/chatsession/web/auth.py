@@ -8,12 +8,15 @@ holding ``"admin"``).
 
 Development mode trusts ``x-user-id`` (or a ``userId`` query parameter) and
 ``x-user-roles: admin``; `check_bind` refuses it on a non-loopback address unless a
-trusted proxy is declared.
+trusted proxy is declared. Behind a trusted proxy only the ``x-user-id`` header names the
+caller, and admin rights come only from the header named by ``TRUSTED_PROXY_ADMIN_HEADER``
+(none by default): the proxy sets those headers and strips any a client sent.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,23 @@ from chatsession.storage._paths import check_user_id
 
 __all__ = ["Authenticator", "Identity", "check_bind", "is_loopback"]
 
+logger = logging.getLogger("chatsession.web")
+
 _HMAC = ("HS256", "HS384", "HS512")
+# RFC 7518 asks for a key at least as long as the hash; shorter ones can be brute-forced.
+_MIN_SECRET_BYTES = 32
+_MAKE_SECRET = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+# What a client is told about a token that does not verify; PyJWT's own text stays in the log.
+_TOKEN_PROBLEMS: tuple[tuple[type[jwt.PyJWTError], str], ...] = (
+    (jwt.ExpiredSignatureError, "the token has expired"),
+    (jwt.ImmatureSignatureError, "the token is not valid yet"),
+    (jwt.InvalidAudienceError, "the token is for another audience"),
+    (jwt.InvalidIssuerError, "the token is from another issuer"),
+    (jwt.MissingRequiredClaimError, "the token lacks a required claim (sub, exp)"),
+    (jwt.InvalidSignatureError, "the token's signature does not verify"),
+    (jwt.InvalidAlgorithmError, "the token's algorithm is not accepted"),
+    (jwt.DecodeError, "the token is malformed"),
+)
 _PUBLIC = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "EdDSA")
 
 
@@ -44,6 +63,8 @@ class Authenticator:
 
     def __init__(self, settings: Settings) -> None:
         self.mode = settings.auth_mode
+        self._trusted_proxy = settings.trusted_proxy
+        self._admin_header = settings.trusted_proxy_admin_header.lower()
         self._audience = settings.jwt_audience or None
         self._issuer = settings.jwt_issuer or None
         self._admin_claim = settings.jwt_admin_claim
@@ -51,6 +72,8 @@ class Authenticator:
         allowed = _HMAC if settings.jwt_secret else _PUBLIC
         default = ("HS256",) if settings.jwt_secret else ("RS256", "ES256")
         self._algorithms = list(settings.jwt_algorithms or default)
+        if settings.jwt_secret:
+            _check_secret(settings.jwt_secret)
         if self.mode == "jwt":
             wrong = [a for a in self._algorithms if a not in allowed]
             if wrong:
@@ -58,9 +81,11 @@ class Authenticator:
                 raise ConfigError(f"JWT_ALGORITHMS {', '.join(wrong)} cannot be used with {kind}")
 
     def identify(self, connection: HTTPConnection) -> Identity:
-        if self.mode == "dev":
-            return self._trusted_header(connection)
-        return self.verify(_token(connection))
+        if self.mode == "jwt":
+            return self.verify(_token(connection))
+        if self._trusted_proxy:
+            return self._proxy_headers(connection)
+        return self._trusted_header(connection)
 
     def verify(self, token: str | None) -> Identity:
         """The identity a JWT carries; `AuthenticationError` if it does not verify."""
@@ -76,7 +101,11 @@ class Authenticator:
                 options={"require": ["sub", "exp"]},
             )
         except jwt.PyJWTError as exc:
-            raise AuthenticationError(f"User not authenticated: invalid token ({exc})") from None
+            logger.info("refused a token: %s: %s", type(exc).__name__, exc)
+            reason = next((r for kind, r in _TOKEN_PROBLEMS if isinstance(exc, kind)), None)
+            raise AuthenticationError(
+                f"User not authenticated: {reason or 'the token does not verify'}"
+            ) from None
         return Identity(_user_id(claims["sub"]), _is_admin(claims.get(self._admin_claim)))
 
     @staticmethod
@@ -84,8 +113,30 @@ class Authenticator:
         user_id = connection.headers.get("x-user-id") or connection.query_params.get("userId")
         if not user_id:
             raise AuthenticationError("User not authenticated")
-        roles = connection.headers.get("x-user-roles", "")
-        return Identity(_user_id(user_id), "admin" in roles.replace(",", " ").split())
+        return Identity(_user_id(user_id), _has_admin_role(connection, "x-user-roles"))
+
+    def _proxy_headers(self, connection: HTTPConnection) -> Identity:
+        # Only what the proxy sets: a query parameter or a role header would come from the
+        # client, straight through a proxy that does not know to strip them.
+        user_id = connection.headers.get("x-user-id")
+        if not user_id:
+            raise AuthenticationError("User not authenticated")
+        admin = bool(self._admin_header) and _has_admin_role(connection, self._admin_header)
+        return Identity(_user_id(user_id), admin)
+
+
+def _has_admin_role(connection: HTTPConnection, header: str) -> bool:
+    roles = connection.headers.get(header, "")
+    return "admin" in roles.replace(",", " ").split()
+
+
+def _check_secret(secret: str) -> None:
+    size = len(secret.encode())
+    if size < _MIN_SECRET_BYTES:
+        raise ConfigError(
+            f"JWT_SECRET is {size} bytes; an HMAC secret must be at least {_MIN_SECRET_BYTES} "
+            f"random bytes, or tokens can be forged by guessing it. Make one with: {_MAKE_SECRET}"
+        )
 
 
 def _token(connection: HTTPConnection) -> str | None:

@@ -7,6 +7,7 @@ reply is stored marked interrupted.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from typing import Any
@@ -14,7 +15,13 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
-from chatsession._exceptions import ChatSessionError, ModelOutputError, PayloadTooLarge
+from chatsession._exceptions import (
+    ChatSessionError,
+    ModelOutputError,
+    PayloadTooLarge,
+    RequestTimeout,
+    UnsupportedMediaType,
+)
 from chatsession.web._race import race
 from chatsession.web._state import WebState, identify, requested_session_id, web_state
 from chatsession.web.auth import Identity
@@ -31,7 +38,8 @@ router = APIRouter()
 async def chat(request: Request) -> Response:
     web = web_state(request)
     identity = identify(request)
-    body = await _read_body(request, web.settings.max_message_bytes)
+    _require_json(request)
+    body = await _read_body(request, web.settings.max_message_bytes, web.settings.header_timeout)
     chat_request = parse_chat_body(body, web.settings.max_message_bytes)
     info = await web.chat.start_user_session(identity.user_id, requested_session_id(request))
     request.state.session_id = info.session_id
@@ -82,15 +90,32 @@ def _reply_stream(
     return open_reply
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+def _require_json(request: Request) -> None:
+    # A form or text/plain body is what a page on another site can send without asking
+    # the browser first (no CORS preflight); a JSON body it cannot.
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise UnsupportedMediaType(
+            f"send the message as JSON with content-type application/json, not {media_type!r}"
+            if media_type
+            else "send the message as JSON with content-type application/json"
+        )
+
+
+async def _read_body(request: Request, limit: int, within: float) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"body of {declared} bytes is over the limit of {limit}")
     body = bytearray()
-    async for part in request.stream():
-        body += part
-        if len(body) > limit:
-            raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
+    try:
+        # A body trickled in a byte at a time would hold the connection as long as it liked.
+        async with asyncio.timeout(within):
+            async for part in request.stream():
+                body += part
+                if len(body) > limit:
+                    raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
+    except TimeoutError:
+        raise RequestTimeout(f"the body did not arrive within {within:g} s") from None
     return bytes(body)
 
 

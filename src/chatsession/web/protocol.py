@@ -26,6 +26,7 @@ from chatsession._exceptions import (
     PayloadTooLarge,
     RequestError,
     ServerClosedError,
+    StorageError,
     StorageFullError,
 )
 from chatsession.domain import Chunk, Reasoning, SessionEvent
@@ -35,6 +36,7 @@ __all__ = [
     "Frame",
     "PingRequest",
     "chunk_frame",
+    "client_message",
     "encode_frame",
     "error_frame",
     "event_frame",
@@ -96,6 +98,9 @@ def _load(data: str | bytes, max_bytes: int) -> dict[str, Any]:
         document = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as exc:
         raise BadRequest(f"malformed JSON: {exc}") from None
+    except RecursionError:
+        # Thousands of nested brackets fit in a small frame and exhaust the parser's stack.
+        raise BadRequest("malformed JSON: nested too deeply") from None
     if not isinstance(document, dict):
         raise InvalidRequest(f"expected a JSON object, got {type(document).__name__}")
     return document
@@ -149,8 +154,20 @@ def status_of(exc: ChatSessionError) -> int:
     return next((status for kind, status in _STATUS if isinstance(exc, kind)), 500)
 
 
+def client_message(exc: BaseException) -> str:
+    """What a client is told about ``exc``: storage errors name server paths, so not those.
+
+    The log keeps the full message; the client learns what happened, not where.
+    """
+    if isinstance(exc, StorageFullError):
+        return "the server's storage is full; nothing was stored"
+    if isinstance(exc, StorageError) and not isinstance(exc, DialogNotFound):
+        return "the server could not read or write this dialog"
+    return str(exc)
+
+
 def error_frame(exc: BaseException | str, status: int | None = None) -> Frame:
-    message = exc if isinstance(exc, str) else str(exc)
+    message = exc if isinstance(exc, str) else client_message(exc)
     if status is None and isinstance(exc, ChatSessionError):
         status = status_of(exc)
     frame: Frame = {"type": "error", "message": message}

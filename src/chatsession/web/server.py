@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import resource
 import signal
@@ -24,6 +25,7 @@ from chatsession._exceptions import ChatSessionError
 from chatsession.models import load_model
 from chatsession.models.base import ChatModel
 from chatsession.settings import Settings
+from chatsession.web._protocols import RefusingWebSocketProtocol, bounded_http_protocol
 from chatsession.web._startup import (
     bind_socket,
     check_data_dir,
@@ -39,16 +41,21 @@ __all__ = ["ChatUvicornServer", "build_server", "serve"]
 
 logger = logging.getLogger("chatsession.web")
 
-# How long connections get to close once asked, after sessions are archived.
+# How long connections get to close once asked, after sessions are archived: half the
+# grace, within these bounds, so that shutdown takes less than twice SHUTDOWN_GRACE.
 _CLOSE_GRACE = 5.0
+_MIN_CLOSE_GRACE = 0.5
 
 
 class ChatUvicornServer(uvicorn.Server):
     """A uvicorn server that drains the chat app before uvicorn's own shutdown."""
 
-    def __init__(self, config: uvicorn.Config, drain: Drain) -> None:
+    def __init__(
+        self, config: uvicorn.Config, drain: Drain, close_grace: float = _CLOSE_GRACE
+    ) -> None:
         super().__init__(config)
         self.drain = drain
+        self.close_grace = close_grace
         self.listening_message = ""  # logged once the app has started and the port is ours
 
     @property
@@ -72,8 +79,23 @@ class ChatUvicornServer(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for server in self.servers:
             server.close()  # stop accepting before anything else
-        await self.drain.run(_CLOSE_GRACE)
+        await self.drain.run(self.close_grace, cut=self._cut_connections)
         await super().shutdown(sockets)
+
+    def _cut_connections(self) -> None:
+        """Drop every connection still open at the deadline, so no send waits past it.
+
+        A client that stopped reading leaves a send waiting for room that never comes;
+        dropping its connection ends that send quietly, where cancelling would not.
+        """
+        open_connections = list(self.server_state.connections)
+        if open_connections:
+            logger.warning("cut %d connections still open at shutdown", len(open_connections))
+        for connection in open_connections:
+            # uvloop's transports are not asyncio.Transport subclasses, but have abort().
+            abort = getattr(getattr(connection, "transport", None), "abort", None)
+            if callable(abort):
+                abort()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -109,6 +131,7 @@ def build_server(
     """A server for ``settings``, not yet started (tests run it on a free port)."""
     drain = Drain()
     app = create_app(settings, drain=drain, model=model, address=address)
+    close_grace = min(_CLOSE_GRACE, max(settings.shutdown_grace / 2, _MIN_CLOSE_GRACE))
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -119,13 +142,20 @@ def build_server(
         ws_max_size=4 * settings.max_message_bytes,
         # Chat frames are a few words each: compressing them costs more CPU than it saves.
         ws_per_message_deflate=False,
-        timeout_graceful_shutdown=int(settings.shutdown_grace + _CLOSE_GRACE + 1),
+        # A backstop only: connections still open at the close deadline are cut before it.
+        timeout_graceful_shutdown=math.ceil(close_grace) + 1,
         log_level="warning",
         access_log=False,
         lifespan="on",
         server_header=False,
+        http=bounded_http_protocol(
+            settings.max_header_bytes, settings.header_timeout, settings.max_connections
+        ),
+        ws=RefusingWebSocketProtocol,
+        # uvicorn counts the connection asking, too: this serves MAX_CONNECTIONS at once.
+        limit_concurrency=settings.max_connections + 1 if settings.max_connections else None,
     )
-    return ChatUvicornServer(config, drain)
+    return ChatUvicornServer(config, drain, close_grace)
 
 
 def serve(settings: Settings) -> int:

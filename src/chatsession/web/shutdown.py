@@ -5,14 +5,18 @@ giving replies in flight ``SHUTDOWN_GRACE`` seconds; then tell every WebSocket (
 1001, "going away") and SSE stream (a last ``shutdown`` frame) to end, and wait for them,
 bounded. Sessions are archived *before* connections close, so their end reason is
 ``shutdown`` and not ``disconnect``.
+
+A client that stops reading would hold a last send forever, and the process with it. So
+connections get a deadline once asked to end: the server cuts whatever is still open then
+(which ends the sends waiting on it), and the app's own last sends stop there too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -21,6 +25,9 @@ if TYPE_CHECKING:
 __all__ = ["Drain"]
 
 logger = logging.getLogger("chatsession.web")
+
+# How long connections cut at the deadline get to unwind before shutdown moves on.
+_AFTER_CUT = 0.5
 
 
 class Drain:
@@ -33,6 +40,7 @@ class Drain:
         self._idle: asyncio.Event | None = None
         self._open = 0
         self._watchers: set[Callable[[], None]] = set()
+        self._deadline: float | None = None  # loop time by which connections must be gone
 
     @property
     def closing(self) -> bool:
@@ -69,8 +77,27 @@ class Drain:
         """Return when connections are to end."""
         await self._events()[0].wait()
 
-    async def run(self, close_grace: float) -> None:
-        """Archive every session, then end every connection, waiting ``close_grace`` at most."""
+    @asynccontextmanager
+    async def last_sends(self) -> AsyncIterator[None]:
+        """Bound the block by the shutdown deadline; past it, the block just ends.
+
+        For the last frames sent to a client at shutdown, which may have stopped reading.
+        """
+        if self._deadline is None:
+            yield
+            return
+        try:
+            # Just after the server's cut, which ends these sends more gently.
+            async with asyncio.timeout_at(self._deadline + _AFTER_CUT / 2):
+                yield
+        except TimeoutError:
+            logger.debug("a client did not take its last frames before the deadline")
+
+    async def run(self, close_grace: float, cut: Callable[[], None] | None = None) -> None:
+        """Archive every session, then end every connection, waiting ``close_grace`` at most.
+
+        ``cut`` is called when ``close_grace`` has passed, to drop the connections still open.
+        """
         self._closing = True
         stop, idle = self._events()
         if self._chat is not None:
@@ -80,12 +107,17 @@ class Drain:
                 await self._chat.aclose()
             except Exception:  # still close the connections and let the process exit
                 logger.exception("archiving sessions at shutdown failed")
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.time() + close_grace
+        if cut is not None:
+            loop.call_at(self._deadline, cut)
         stop.set()
         for callback in list(self._watchers):
             callback()
         if self._open:
             try:
-                await asyncio.wait_for(idle.wait(), timeout=close_grace)
+                # A little past the deadline: the cut there ends the sends still waiting.
+                await asyncio.wait_for(idle.wait(), timeout=close_grace + _AFTER_CUT)
             except TimeoutError:
                 logger.warning("%d connections did not close in time", self._open)
 

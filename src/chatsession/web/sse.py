@@ -25,7 +25,7 @@ from chatsession._exceptions import ChatSessionError, PermissionDenied, RequestE
 from chatsession.web._race import race
 from chatsession.web._state import WebState, identify, requested_session_id, web_state
 from chatsession.web.auth import Identity
-from chatsession.web.protocol import Frame
+from chatsession.web.protocol import Frame, client_message
 
 __all__ = ["EventStream", "router"]
 
@@ -64,12 +64,15 @@ class EventStream(Response):
                     self._pump(frames, send), _disconnected(receive), self.web.drain.wait()
                 )
                 if not finished and self.web.drain.closing:
-                    await self._send(send, {"type": "shutdown"})
+                    async with self.web.drain.last_sends():
+                        await self._send(send, {"type": "shutdown"})
+                        await _end_body(send)
+                    return
         except RequestError as exc:
             await JSONResponse({"error": str(exc)}, exc.status)(scope, receive, send)
             return
         except ChatSessionError as exc:
-            await JSONResponse({"error": str(exc)}, 503)(scope, receive, send)
+            await JSONResponse({"error": client_message(exc)}, 503)(scope, receive, send)
             return
         await _end_body(send)
 

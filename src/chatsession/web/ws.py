@@ -16,17 +16,18 @@ from collections import deque
 from contextlib import suppress
 
 from fastapi import APIRouter
-from starlette.responses import JSONResponse
 from starlette.types import Message
-from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from chatsession._exceptions import ChatSessionError, RequestError
+from chatsession._exceptions import ChatSessionError, RequestError, StorageError
 from chatsession._state import Connection
+from chatsession.web._guards import deny_websocket
 from chatsession.web._state import WebState, identify, requested_session_id, web_state
 from chatsession.web.auth import Identity
 from chatsession.web.protocol import (
     Frame,
     PingRequest,
+    client_message,
     encode_frame,
     error_frame,
     parse_ws_frame,
@@ -60,7 +61,7 @@ async def websocket_chat(websocket: WebSocket) -> None:
     try:
         identity = identify(websocket)
         if web.drain.closing:
-            await _deny(websocket, 503, "the server is shutting down")
+            await deny_websocket(websocket, 503, "the server is shutting down")
             return
         with web.slots.hold(identity.user_id), web.drain.track():
             session_id = requested_session_id(websocket)
@@ -71,26 +72,15 @@ async def websocket_chat(websocket: WebSocket) -> None:
                 )
                 await _Conversation(web, websocket, identity, connection).run()
     except RequestError as exc:
-        await _deny(websocket, exc.status, str(exc))
+        await deny_websocket(websocket, exc.status, str(exc))
     except ChatSessionError as exc:  # the server closed between the check and the connect
-        await _deny(websocket, 503, str(exc))
+        await deny_websocket(websocket, 503, client_message(exc))
     except (WebSocketDisconnect, OSError):
         pass  # gone during the handshake: the session machinery has already seen it fail
 
 
 class _PeerGone(Exception):
     """Sending failed: the client is gone."""
-
-
-async def _deny(websocket: WebSocket, status: int, message: str) -> None:
-    """Refuse the handshake with an HTTP status, where the server supports that."""
-    with suppress(WebSocketDisconnect, OSError, RuntimeError):  # the client may be gone
-        if websocket.client_state is WebSocketState.CONNECTING and (
-            "websocket.http.response" in websocket.scope.get("extensions", {})
-        ):
-            await websocket.send_denial_response(JSONResponse({"error": message}, status))
-        else:
-            await websocket.close(1008, message[:120])
 
 
 class _Conversation:
@@ -133,7 +123,8 @@ class _Conversation:
                 self._reader.cancel()
                 await asyncio.gather(self._reader, return_exceptions=True)
         if self.web.drain.closing and not self.closed:
-            await self._close(GOING_AWAY, "server shutting down")
+            async with self.web.drain.last_sends():
+                await self._close(GOING_AWAY, "server shutting down")
         if self.restarting:  # before the connection closes, so it ends as shutdown
             await self.web.chat.end_user_session(self.identity.user_id, "shutdown")
 
@@ -268,6 +259,8 @@ class _Conversation:
             finally:
                 watch.cancel()
         except ChatSessionError as exc:
+            if isinstance(exc, StorageError):  # the client's frame does not say which file
+                logger.error("a WebSocket chat of %r failed: %s", self.identity.user_id, exc)
             await self._send(error_frame(exc))
 
     async def _send(self, frame: Frame) -> None:
