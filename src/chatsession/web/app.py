@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -9,6 +10,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -18,10 +20,11 @@ from chatsession._exceptions import (
 )
 from chatsession.chatserver import ChatServer
 from chatsession.models.base import ChatModel
+from chatsession.retention import run_retention
 from chatsession.settings import Settings
 from chatsession.storage import open_store
 from chatsession.storage.base import DialogStore
-from chatsession.web import dialogs, health, http_chat, page, sse, ws
+from chatsession.web import admin, archives, console_api, dialogs, health, http_chat, page, sse, ws
 from chatsession.web._state import WebState
 from chatsession.web.auth import Authenticator
 from chatsession.web.channels import Channels
@@ -71,21 +74,27 @@ def create_app(
                 metrics=metrics,
                 drain=drain,
             )
+            retention = _start_retention(settings, chat.store, metrics)
             try:
                 yield {"web": web}
             finally:
                 drain.attach(None)
+                if retention is not None:
+                    retention.cancel()
+                    await asyncio.gather(retention, return_exceptions=True)
 
     app = FastAPI(
         title="chatsession",
         lifespan=lifespan,
-        docs_url=None,
+        docs_url=None,  # FastAPI's docs page loads from a CDN; `page` serves an offline one
         redoc_url=None,
-        openapi_url=None,
+        openapi_url="/openapi.json",
     )
-    for module in (ws, http_chat, sse, dialogs, health, page):
+    # /archives/export before /dialogs/{id}; the console's routes before the page's.
+    for module in (ws, http_chat, sse, archives, dialogs, console_api, admin, health, page):
         app.include_router(module.router)
     app.add_exception_handler(ChatSessionError, _error_response)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _invalid_request)  # type: ignore[arg-type]
     app.add_middleware(SessionHeaderMiddleware)
     if settings.cors_origins:
         app.add_middleware(
@@ -104,6 +113,31 @@ async def _error_response(request: Request, exc: ChatSessionError) -> Response:
     if status == 500:
         logger.error("request %s %s failed: %s", request.method, request.url.path, exc)
     return JSONResponse({"error": str(exc)}, status_code=status)
+
+
+async def _invalid_request(request: Request, exc: RequestValidationError) -> Response:
+    # A query parameter out of range: the API's own error shape, not FastAPI's "detail".
+    problems = "; ".join(
+        f"{'.'.join(str(part) for part in error['loc'][1:])}: {error['msg']}"
+        for error in exc.errors()
+    )
+    return JSONResponse({"error": problems or "invalid request"}, status_code=422)
+
+
+def _start_retention(
+    settings: Settings, store: DialogStore, metrics: Metrics
+) -> asyncio.Task[None] | None:
+    """The retention sweep, when ``ARCHIVE_RETENTION_DAYS`` is set; the lifespan owns it."""
+    if settings.archive_retention_days is None:
+        return None
+    return asyncio.ensure_future(
+        run_retention(
+            store,
+            settings.archive_retention_days,
+            settings.session_check_interval,
+            metrics.archives_expired.inc,
+        )
+    )
 
 
 class SessionHeaderMiddleware:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from contextlib import suppress
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
 
 from fastapi import APIRouter
 from starlette.responses import JSONResponse
@@ -66,13 +67,43 @@ async def websocket_chat(websocket: WebSocket) -> None:
                 await websocket.send_text(
                     encode_frame({"type": "session", "sessionId": connection.session_id})
                 )
-                await _Conversation(web, websocket, identity, connection).run()
+                async with forward_session_events(web, websocket, identity.user_id):
+                    await _Conversation(web, websocket, identity, connection).run()
     except RequestError as exc:
         await _deny(websocket, exc.status, str(exc))
     except ChatSessionError as exc:  # the server closed between the check and the connect
         await _deny(websocket, 503, str(exc))
     except (WebSocketDisconnect, OSError):
         pass  # gone during the handshake: the session machinery has already seen it fail
+
+
+@asynccontextmanager
+async def forward_session_events(
+    web: WebState, websocket: WebSocket, user_id: str
+) -> AsyncIterator[None]:
+    """Send the user's ``session_event`` frames (from `web.channels`) down this socket too.
+
+    They come from the user's channel, as on SSE, so a page sees another tab of the user
+    open, or the session end. Replies keep their own path; only session events pass here.
+    """
+    with web.channels.subscribe(user_id) as queue:
+
+        async def forward() -> None:
+            while True:
+                frame = await queue.get()
+                if frame.get("type") != "session_event":
+                    continue
+                try:
+                    await websocket.send({"type": "websocket.send", "text": encode_frame(frame)})
+                except (WebSocketDisconnect, OSError, RuntimeError):
+                    return  # the peer is gone: the conversation notices it on its own
+
+        task = asyncio.ensure_future(forward())
+        try:
+            yield
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
 
 class _PeerGone(Exception):
