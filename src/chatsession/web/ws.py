@@ -2,7 +2,8 @@
 
 After the handshake the server sends ``{"type": "session", "sessionId": ...}``; each chat
 frame is answered with ``response`` frames and ``done``. Bad frames get an ``error`` frame
-and the connection stays usable. A frame over the hard protocol limit (four times
+and the connection stays usable. ``{"type": "stop"}`` stops the reply that is streaming
+(stored as far as it got, marked interrupted; no ``done`` follows). A frame over the hard protocol limit (four times
 ``MAX_MESSAGE_BYTES``) closes it with 1009. While a reply streams, the client going away
 cancels it (its partial reply is stored marked interrupted). At shutdown the server closes
 with 1001.
@@ -28,6 +29,7 @@ from chatsession.web.auth import Identity
 from chatsession.web.protocol import (
     Frame,
     PingRequest,
+    StopRequest,
     encode_frame,
     error_frame,
     parse_ws_frame,
@@ -104,6 +106,16 @@ async def forward_session_events(
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+def _is_stop(data: str | bytes, max_bytes: int) -> bool:
+    """Whether a frame read while a reply streams asks to stop it (checked cheaply first)."""
+    if not isinstance(data, str) or '"stop"' not in data:
+        return False
+    try:
+        return isinstance(parse_ws_frame(data, max_bytes), StopRequest)
+    except ChatSessionError:
+        return False
 
 
 class _PeerGone(Exception):
@@ -213,6 +225,9 @@ class _Conversation:
                 data = self._accept(await self.websocket.receive())
                 if data is None:
                     break
+                if self._handling and _is_stop(data, self.web.settings.max_message_bytes):
+                    self._interrupt()  # the reply is stored as far as it got, interrupted
+                    continue
                 if len(self.inbox) >= _BACKLOG:
                     with suppress(_PeerGone):
                         await self._send(error_frame(_BACKLOG_FULL, 429))
@@ -276,6 +291,8 @@ class _Conversation:
             if isinstance(request, PingRequest):
                 await self._send(_PONG)
                 return
+            if isinstance(request, StopRequest):
+                return  # no reply is streaming: nothing to stop
             if self.closed:
                 return  # nobody to answer
             watch = asyncio.get_running_loop().call_later(_WATCH_AFTER, self._watch)

@@ -5,6 +5,7 @@
 const $ = (id) => document.getElementById(id);
 const PAGE_SIZE = 10;
 const state = {
+  discarding: false,
   identity: "", admin: false, hold: true, me: null,
   socket: null, reply: null, replyText: "", reasoning: null,
   session: null, lastSessionId: null, sessionEndShown: null,
@@ -131,7 +132,7 @@ function openSocket() {
   const socket = new WebSocket(`${scheme}//${location.host}/ws?${authQuery()}`);
   socket.addEventListener("message", (event) => onFrame(socket, JSON.parse(event.data)));
   socket.addEventListener("close", (event) => {
-    if (state.socket !== socket) return; // replaced on purpose (stop)
+    if (state.socket !== socket) return; // replaced on purpose (a new identity)
     state.socket = null;
     setChatEnabled(false);
     $("status").textContent = `Disconnected (${event.code}).`;
@@ -142,12 +143,13 @@ function openSocket() {
 
 function onFrame(socket, frame) {
   if (frame.type === "session") {
-    if (state.socket && state.socket !== socket) state.socket.close(1000); // a stop: the old one goes
     state.socket = socket;
     setChatEnabled(true);
     $("status").textContent = `Connected as ${state.identity.length > 40 ? "token holder" : state.identity}.`;
     refreshSession();
   } else if (socket !== state.socket) {
+    return;
+  } else if (state.discarding && (frame.type === "response" || frame.type === "reasoning" || frame.type === "done")) {
     return;
   } else if (frame.type === "response") {
     if (!state.reply) { state.reply = log("assistant", ""); state.replyText = ""; }
@@ -176,16 +178,18 @@ function finishReply(interrupted) {
 }
 
 function stopReply() {
-  // The server stops a reply when its connection goes away, and stores it as interrupted.
-  // A new connection opens first, so the session is held throughout and is not ended.
+  // The server stops the reply and stores it as far as it got, marked interrupted; chunks
+  // already on their way are dropped until the next message.
   finishReply(true);
-  if (state.socket) openSocket();
+  state.discarding = true;
+  if (state.socket) state.socket.send(JSON.stringify({ type: "stop" }));
 }
 
 async function send(text) {
   const jsonOutput = $("json-output").checked, reasoningEnabled = $("reasoning").checked;
   log("user", text);
   if (state.socket) {
+    state.discarding = false;
     $("stop-button").disabled = false;
     state.socket.send(JSON.stringify({ text, jsonOutput, reasoningEnabled }));
     return;
@@ -334,6 +338,7 @@ async function deleteArchive(archiveId, item) {
   if (!confirm(`Delete archive ${archiveId}? This cannot be undone.`)) return;
   try { await api(`/dialogs/${encodeURIComponent(archiveId)}`, { method: "DELETE" }); item.remove(); }
   catch (error) { log("error", error.message); }
+  loadArchives(true);
   if ($("archive-title").textContent === `Archive ${archiveId}`) $("archive-view").hidden = true;
 }
 
