@@ -176,6 +176,10 @@ async def test_end_session_button_archives_at_once(live: LiveFactory, browser: A
             "Session ended: manual", timeout=WAIT
         )
         await expect(page.locator("#archives li").first).to_contain_text("keep this")
+        await say(page, "a **new** session, with `code`")
+        await expect(page.locator("#log .assistant strong")).to_have_text("new", timeout=WAIT)
+        await expect(page.locator("#session-connections")).to_have_text("1", timeout=WAIT)
+        await shoot(page, "overview")
 
 
 async def test_archives_open_search_export_and_delete(live: LiveFactory, browser: Any) -> None:

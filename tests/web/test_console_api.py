@@ -279,3 +279,24 @@ async def test_retention_deletes_expired_archives_only_and_counts_them(
         metrics = (await http.get("/metrics")).text
         assert "chatsession_archives_expired_total 1.0" in metrics
     assert f"deleted archive {old.archive_id} of 'alice'" in caplog.text
+
+
+async def test_a_stop_frame_stops_the_reply_and_stores_it_interrupted(live: LiveFactory) -> None:
+    """{"type": "stop"} cuts a streaming reply, keeps the connection and the session."""
+    text = " ".join(f"w{i}" for i in range(80))
+    async with (
+        live(chat_model="echo?delay=0.05") as server,
+        connect(server.ws_url, additional_headers=ALICE) as ws,
+    ):
+        await ws.recv()
+        await ws.send(json.dumps({"type": "stop"}))  # nothing streams: ignored
+        await ws.send(json.dumps({"text": text}))
+        assert json.loads(await ws.recv())["type"] == "response"
+        await ws.send(json.dumps({"type": "stop"}))
+        dialog = await server.wait_for_reply("alice")
+        assert dialog.messages[-1].interrupted
+        assert f"echo: {text}".startswith(dialog.messages[-1].content)
+        await ws.send(json.dumps({"type": "ping"}))
+        while (frame := json.loads(await ws.recv()))["type"] != "pong":
+            assert frame["type"] in ("response", "session_event")  # chunks already sent
+        assert await server.archives("alice") == []
