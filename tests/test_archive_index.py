@@ -131,3 +131,20 @@ async def test_deleting_one_archive_keeps_the_index_true(tmp_path: Path) -> None
     await store.delete_archive("amy", first)
     assert [a.first_words for a in await store.list_archives("amy")] == ["beta"]
     assert await store.search_archives("amy", "alpha") == []
+
+
+async def test_archives_older_than_the_journal_are_journalled_once(tmp_path: Path) -> None:
+    """Archives made before the journal existed expire too; newer ones and others stay."""
+    store = YamlDialogStore(tmp_path / "data")
+    old = await add_archive(store, "amy", "old", T0)
+    await add_archive(store, "amy", "new", T0 + timedelta(days=3))
+    journal = tmp_path / "data" / "archive-journal"
+    for name in os.listdir(journal):
+        (journal / name).unlink()
+    journal.rmdir()  # as an older version left it
+    (tmp_path / "data" / "users" / "stray-file").write_text("not a user")
+    expired = await store.expire_archives(T0 + timedelta(days=1))
+    assert expired == [("amy", old)]
+    assert [a.first_words for a in await store.list_archives("amy")] == ["new"]
+    assert (journal / ".complete").exists()
+    assert await store.expire_archives(T0 + timedelta(days=1)) == []

@@ -8,6 +8,9 @@ Every archive adds one line to the file of its day (UTC). Expiring archives olde
 cutoff then reads only the files of the days before it, and the one of the cutoff's day,
 so its cost grows with what is deleted, never with what is kept. A line whose archive is
 already gone (deleted by hand, erased with its user) is skipped.
+
+Archives made before the journal existed are journalled once, by the first expiry, which
+lists (without reading) every user's archives and then leaves a ``.complete`` marker.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ __all__ = ["ArchiveJournal", "ExpiredArchive"]
 logger = logging.getLogger("chatsession.storage")
 
 JOURNAL = "archive-journal"
+COMPLETE = ".complete"  # every archive older than the journal has been journalled
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}\.jsonl")
+_ARCHIVE = re.compile(r"\d{4}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2}(-\d{1,6})?\.yaml")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +72,8 @@ class ArchiveJournal:
         existed. Days wholly before the cutoff are deleted and their file removed; the
         cutoff's own day keeps the lines of archives that are not old enough yet.
         """
+        if not (self.directory / COMPLETE).exists():
+            self._backfill()
         cutoff_day = cutoff.strftime("%Y-%m-%d")
         cutoff_id = cutoff.strftime("%Y-%m-%d-%H-%M-%S")
         try:
@@ -100,6 +107,35 @@ class ArchiveJournal:
             else:
                 path.unlink(missing_ok=True)
         return expired
+
+    def _backfill(self) -> None:
+        """Journal every archive on disk (a line twice does no harm), then mark it done."""
+        days: dict[str, list[str]] = {}
+        users = self.directory.parent / "users"
+        try:
+            user_directories = os.listdir(users)
+        except FileNotFoundError:
+            user_directories = []
+        for user in user_directories:
+            try:
+                names = os.listdir(users / user / "dialogs" / "archived")
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for name in names:
+                if _ARCHIVE.fullmatch(name):
+                    archive_id = name.removesuffix(".yaml")
+                    line = json.dumps({"user": user, "archive": archive_id})
+                    days.setdefault(archive_id[:10], []).append(line)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for day, lines in days.items():
+            with open(self.directory / f"{day}.jsonl", "a", encoding="utf-8") as file:
+                file.writelines(line + "\n" for line in lines)
+        (self.directory / COMPLETE).touch()
+        if days:
+            logger.info(
+                "journalled %d archives made before the retention journal",
+                sum(map(len, days.values())),
+            )
 
 
 def _read_lines(path: Path) -> list[str]:

@@ -78,9 +78,7 @@ class StopRequest:
     """Stop the reply that is streaming, if any; it is stored as far as it got."""
 
 
-def parse_ws_frame(
-    data: str | bytes, max_bytes: int
-) -> ChatRequest | PingRequest | StopRequest:
+def parse_ws_frame(data: str | bytes, max_bytes: int) -> ChatRequest | PingRequest | StopRequest:
     """A WebSocket frame as a request; raises a `RequestError` saying what is wrong."""
     document = _load(data, max_bytes)
     kind = document.get("type", "chat")

@@ -3,10 +3,11 @@
 After the handshake the server sends ``{"type": "session", "sessionId": ...}``; each chat
 frame is answered with ``response`` frames and ``done``. Bad frames get an ``error`` frame
 and the connection stays usable. ``{"type": "stop"}`` stops the reply that is streaming
-(stored as far as it got, marked interrupted; no ``done`` follows). A frame over the hard protocol limit (four times
-``MAX_MESSAGE_BYTES``) closes it with 1009. While a reply streams, the client going away
-cancels it (its partial reply is stored marked interrupted). At shutdown the server closes
-with 1001.
+(stored as far as it got, marked interrupted; no ``done`` follows). A frame over the hard
+protocol limit (four times ``MAX_MESSAGE_BYTES``) closes it with 1009. While a reply
+streams, the client going away cancels it (its partial reply is stored marked
+interrupted). At shutdown the server closes with 1001. The user's session events reach
+the socket as ``session_event`` frames (`forward_session_events`).
 """
 
 from __future__ import annotations
