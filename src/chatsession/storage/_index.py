@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -216,7 +217,8 @@ def _append(path: Path, lines: Iterable[str]) -> None:
 
 
 def _replace(path: Path, lines: list[str]) -> None:
-    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    # Named for this thread, so two rewrites at once never write one temporary file.
+    temporary = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     try:
         with open(temporary, "w", encoding="utf-8") as file:
             file.writelines(line if line.endswith("\n") else line + "\n" for line in lines)

@@ -19,6 +19,7 @@ from chatsession._exceptions import (
     ChatSessionError,
 )
 from chatsession.chatserver import ChatServer
+from chatsession.domain import SessionEvent
 from chatsession.models.base import ChatModel
 from chatsession.retention import run_retention
 from chatsession.settings import Settings
@@ -60,9 +61,7 @@ def create_app(
         channels = Channels()
         async with ChatServer(settings, store=TimedStore(chosen, metrics), model=model) as chat:
             metrics.watch(chat)
-            chat.on(
-                "session_event", lambda event: channels.publish(event.user_id, event_frame(event))
-            )
+            chat.on("session_event", lambda event: _publish_event(channels, event))
             drain.attach(chat)
             web = WebState(
                 settings=settings,
@@ -106,6 +105,12 @@ def create_app(
             expose_headers=["x-session-id"],
         )
     return app
+
+
+def _publish_event(channels: Channels, event: SessionEvent) -> None:
+    frame = event_frame(event)
+    channels.publish(event.user_id, frame)  # SSE streams
+    channels.publish(ws.session_events_channel(event.user_id), frame)  # WebSocket pages
 
 
 async def _error_response(request: Request, exc: ChatSessionError) -> Response:

@@ -80,16 +80,26 @@ async def websocket_chat(websocket: WebSocket) -> None:
         pass  # gone during the handshake: the session machinery has already seen it fail
 
 
+def session_events_channel(user_id: str) -> str:
+    """The channel of only a user's session events, which the app publishes apart.
+
+    Apart, so that a page's socket does not make every reply be published as well (replies
+    go on the user's own channel only while an SSE stream listens there). A user id never
+    holds a control character, so no user's own channel can have this name.
+    """
+    return f"session-events\x1f{user_id}"
+
+
 @asynccontextmanager
 async def forward_session_events(
     web: WebState, websocket: WebSocket, user_id: str
 ) -> AsyncIterator[None]:
     """Send the user's ``session_event`` frames (from `web.channels`) down this socket too.
 
-    They come from the user's channel, as on SSE, so a page sees another tab of the user
-    open, or the session end. Replies keep their own path; only session events pass here.
+    They are the events SSE streams get, so a page sees another tab of the user open, or
+    the session end. Replies keep their own path; only session events pass here.
     """
-    with web.channels.subscribe(user_id) as queue:
+    with web.channels.subscribe(session_events_channel(user_id)) as queue:
 
         async def forward() -> None:
             while True:
