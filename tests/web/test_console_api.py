@@ -165,6 +165,9 @@ async def test_bad_archive_queries_get_the_api_error_shape(live: LiveFactory) ->
         response = await http.get("/archives/export?format=pdf", headers=ALICE)
         assert response.status_code == 422
         assert set(response.json()) == {"error"}
+        response = await http.get("/archives?before=../../etc", headers=ALICE)
+        assert response.status_code == 422
+        assert "not an archive id" in response.json()["error"]
         response = await http.get("/archives?userId=bob", headers=ALICE)
         assert response.status_code == 403
 

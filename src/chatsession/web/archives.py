@@ -7,6 +7,7 @@ As there, ``?userId=`` names another user's archives, which only an admin may re
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -23,6 +24,7 @@ __all__ = ["router"]
 router = APIRouter(tags=["archives"])
 
 MAX_PAGE = 200
+_ARCHIVE_ID = re.compile(r"\d{4}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2}(-\d{1,6})?")
 ExportFormat = Literal["yaml", "json", "markdown"]
 _MEDIA = {"yaml": "application/yaml", "json": "application/json", "markdown": "text/markdown"}
 _SUFFIX = {"yaml": "yaml", "json": "json", "markdown": "md"}
@@ -40,6 +42,8 @@ async def list_archives(
     ``next`` is the ``before`` of the following page, or null on the last page.
     """
     user_id = owner(request)
+    if before is not None and not _ARCHIVE_ID.fullmatch(before):
+        raise InvalidRequest(f"before: {before!r} is not an archive id (2024-01-15-10-30-00)")
     chat = web_state(request).chat
     if q and q.strip():
         archives = await chat.store.search_archives(user_id, q)
