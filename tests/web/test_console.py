@@ -271,3 +271,29 @@ async def test_console_is_readable_at_phone_width(live: LiveFactory, browser: An
         )
         assert unlabelled == []
         await shoot(page, "phone")
+
+
+async def test_console_works_with_a_jwt(live: LiveFactory, browser: Any) -> None:
+    """With JWT authentication, a pasted token chats over /ws and reads the API as its user."""
+    import time
+
+    import jwt
+
+    secret = "a-test-secret-that-is-long-enough-for-hs256"
+    token = jwt.encode({"sub": "jay", "exp": int(time.time()) + 600}, secret, algorithm="HS256")
+    async with live(jwt_secret=secret) as server:
+        await make_archives_jwt(server, token)
+        page = await open_console(browser, server, token)
+        await say(page, "signed in")
+        await expect(page.locator("#log .assistant")).to_have_text("echo: signed in", timeout=WAIT)
+        await expect(page.locator("#archives li").first).to_contain_text("from the token")
+        assert await page.locator("#admin").is_hidden()
+        assert len(await server.archives("jay")) == 1
+
+
+async def make_archives_jwt(server: Live, token: str) -> None:
+    headers = {"authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=server.url, headers=headers) as http:
+        await http.post("/chat", json={"message": "from the token"})
+        await http.delete("/session")
+    await server.wait_for_archives("jay")
