@@ -145,8 +145,8 @@ function onFrame(socket, frame) {
   if (frame.type === "session") {
     state.socket = socket;
     setChatEnabled(true);
-    $("status").textContent = `Connected as ${state.identity.length > 40 ? "token holder" : state.identity}.`;
-    refreshSession();
+    $("status").textContent = "Connected.";
+    refreshSession().then(() => { if (state.me && state.socket === socket) $("status").textContent = `Connected as ${state.me}.`; });
   } else if (socket !== state.socket) {
     return;
   } else if (state.discarding && (frame.type === "response" || frame.type === "reasoning" || frame.type === "done")) {
