@@ -87,3 +87,36 @@ def test_serve_help_gives_each_flag_its_meaning_unit_default_and_variable() -> N
     assert "the model: auto, local, openai:<model> or echo; default auto ($CHAT_MODEL)" in (
         serve_help
     )
+
+
+def test_purge_erases_one_user_offline(
+    archived: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """purge USER removes that user's dialogs and archives and leaves other users' alone."""
+    bob = tmp_path / "users" / "bob" / "dialogs"
+    bob.mkdir(parents=True)
+    (bob / "current.yaml").write_text("kept")
+    assert main(["purge", "alice", "--data-dir", str(tmp_path)]) == 0
+    assert "1 archives" in capsys.readouterr().out
+    assert not (tmp_path / "users" / "alice").exists()
+    assert (bob / "current.yaml").read_text() == "kept"
+
+
+def test_purge_refuses_while_a_server_holds_the_data_dir(
+    archived: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With DATA_DIR/.lock taken by a server, purge refuses (unless --force) and removes nothing."""
+    import fcntl
+
+    with open(tmp_path / ".lock", "w") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        holder = subprocess.run(
+            [sys.executable, "-m", "chatsession", "purge", "alice", "--data-dir", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    assert holder.returncode == 1
+    assert "a server holds" in holder.stderr
+    assert (tmp_path / "users" / "alice" / "dialogs" / "archived" / f"{archived}.yaml").exists()
+    assert main(["purge", "alice", "--data-dir", str(tmp_path)]) == 0  # the lock is free now

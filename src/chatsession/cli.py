@@ -5,6 +5,7 @@
     chatsession serve [--host H] [--port P] [--data-dir D] [--model M] ...
     chatsession dialogs USER              list USER's archives
     chatsession show USER ARCHIVE_ID      print one archive as YAML
+    chatsession purge USER                erase USER's current dialog and every archive
 
 ``serve`` has one flag per setting, mirroring the environment variables of `Settings`
 (``--session-timeout`` takes milliseconds like ``SESSION_TIMEOUT``); a flag wins over its
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import os
 import sys
 from collections.abc import Sequence
@@ -57,6 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("archive_id", help="the archive id, such as 2024-01-15-10-30-00")
     _add_data_dir(show)
     show.set_defaults(run=_show_dialog)
+
+    purge = commands.add_parser(
+        "purge", help="erase a user's current dialog and every archive (server stopped)"
+    )
+    purge.add_argument("user", help="the user id")
+    purge.add_argument(
+        "--force", action="store_true", help="even if a server seems to hold the data dir"
+    )
+    _add_data_dir(purge)
+    purge.set_defaults(run=_purge_user)
     return parser
 
 
@@ -179,6 +191,36 @@ def _show_dialog(args: argparse.Namespace) -> int:
     dialog = asyncio.run(store.load_archive(args.user, args.archive_id))
     sys.stdout.write(dump_dialog(dialog))
     return 0
+
+
+def _purge_user(args: argparse.Namespace) -> int:
+    if _server_holds(args.data_dir) and not args.force:
+        print(
+            f"chatsession: a server holds {args.data_dir} (its .lock is taken); erase the user "
+            "through it (DELETE /users/USER), or stop it first, or pass --force",
+            file=sys.stderr,
+        )
+        return 1
+    store = YamlDialogStore(args.data_dir)
+    removed = asyncio.run(store.purge_user(args.user))
+    print(f"erased {args.user!r}: {removed} archives and any current dialog removed")
+    return 0
+
+
+def _server_holds(data_dir: Path) -> bool:
+    """Whether a running server holds ``data_dir``'s lock file (``DATA_DIR/.lock``)."""
+    lock = data_dir / ".lock"
+    if not lock.exists():
+        return False
+    try:
+        with open(lock, "a") as file:
+            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(file.fileno(), fcntl.LOCK_UN)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return True  # cannot tell: assume the worst, --force overrides
+    return False
 
 
 if __name__ == "__main__":

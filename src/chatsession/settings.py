@@ -152,6 +152,7 @@ class Settings:
     heartbeat_interval: float = 30.0
     ws_ping_interval: float = 20.0
     ws_ping_timeout: float = 20.0
+    archive_retention_days: float | None = None
 
     def __post_init__(self) -> None:
         if "://" in str(self.data_dir):
@@ -208,6 +209,9 @@ class Settings:
         for name in ("heartbeat_interval", "ws_ping_interval", "ws_ping_timeout", "header_timeout"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be greater than 0, got {getattr(self, name)!r}")
+        if self.archive_retention_days is not None and not self.archive_retention_days > 0:
+            days = self.archive_retention_days
+            raise ConfigError(f"archive_retention_days must be greater than 0, got {days!r}")
         object.__setattr__(self, "jwt_algorithms", tuple(self.jwt_algorithms))
         for name in ("cors_origins", "allowed_origins", "allowed_hosts"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
@@ -363,6 +367,15 @@ def _positive_seconds(raw: str) -> float:
     return value
 
 
+def _days(raw: str) -> float | None:
+    if raw.lower() in ("forever", "none", "0"):
+        return None
+    value = float(raw)
+    if not value > 0:
+        raise ValueError("expected a number of days greater than 0, or 'forever'")
+    return value
+
+
 def _names(raw: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in raw.split(",") if name.strip())
 
@@ -416,6 +429,7 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "HEARTBEAT_INTERVAL": ("heartbeat_interval", _positive_seconds),
     "WS_PING_INTERVAL": ("ws_ping_interval", _positive_seconds),
     "WS_PING_TIMEOUT": ("ws_ping_timeout", _positive_seconds),
+    "ARCHIVE_RETENTION_DAYS": ("archive_retention_days", _days),
 }
 
 

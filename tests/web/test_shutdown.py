@@ -65,7 +65,10 @@ async def test_reply_in_flight_at_shutdown_is_stored(live: LiveFactory) -> None:
             assert json.loads(await ws.recv())["type"] == "response"
             server.server.should_exit = True
             frames, _ = await until_closed(ws)
-        assert frames[-1] == {"type": "done"}
+        replies = [f for f in frames if f["type"] != "session_event"]
+        assert replies[-1] == {"type": "done"}
+        ended = [f for f in frames if f.get("event") == "session_ended"]
+        assert [f["reason"] for f in ended] == ["shutdown"]  # the page learns why
         archives = await server.archives("alice")
         dialog = await server.store().load_archive("alice", archives[0].archive_id)
         assert dialog.messages[-1].content == "echo: one two three four five"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -9,6 +10,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
@@ -16,11 +18,23 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatsession._exceptions import AuthenticationError, ChatSessionError, StorageError
 from chatsession.chatserver import ChatServer
+from chatsession.domain import SessionEvent
 from chatsession.models.base import ChatModel
+from chatsession.retention import run_retention
 from chatsession.settings import Settings
 from chatsession.storage import open_store
 from chatsession.storage.base import DialogStore
-from chatsession.web import dialogs, health, http_chat, page, sse, ws
+from chatsession.web import (
+    admin,
+    archives,
+    console_api,
+    dialogs,
+    health,
+    http_chat,
+    page,
+    sse,
+    ws,
+)
 from chatsession.web._guards import RequestGuard
 from chatsession.web._state import WebState
 from chatsession.web.auth import Authenticator
@@ -68,9 +82,7 @@ def create_app(
             raise
         try:
             metrics.watch(chat)
-            chat.on(
-                "session_event", lambda event: channels.publish(event.user_id, event_frame(event))
-            )
+            chat.on("session_event", lambda event: _publish_event(channels, event))
             drain.attach(chat)
             web = WebState(
                 settings=settings,
@@ -82,25 +94,31 @@ def create_app(
                 metrics=metrics,
                 drain=drain,
             )
+            retention = _start_retention(settings, chat.store, metrics)
             try:
                 yield {"web": web}
             finally:
                 drain.attach(None)
+                if retention is not None:
+                    retention.cancel()
+                    await asyncio.gather(retention, return_exceptions=True)
         finally:
             await chat.aclose()
 
     app = FastAPI(
         title="chatsession",
         lifespan=lifespan,
-        docs_url=None,
+        docs_url=None,  # FastAPI's docs page loads from a CDN; `page` serves an offline one
         redoc_url=None,
-        openapi_url=None,
+        openapi_url="/openapi.json",
     )
-    for module in (ws, http_chat, sse, dialogs, health, page):
+    # /archives/export before /dialogs/{id}; the console's routes before the page's.
+    for module in (ws, http_chat, sse, archives, dialogs, console_api, admin, health, page):
         app.include_router(module.router)
     app.state.startup_error = None
     app.add_exception_handler(ChatSessionError, _error_response)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, _http_error_response)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _invalid_request)  # type: ignore[arg-type]
     app.add_middleware(SessionHeaderMiddleware)
     if settings.cors_origins:
         app.add_middleware(
@@ -130,6 +148,12 @@ def create_app_from_env() -> FastAPI:
 _DEV_HINT = "development mode: send an x-user-id header, or ?userId= for browsers"
 
 
+def _publish_event(channels: Channels, event: SessionEvent) -> None:
+    frame = event_frame(event)
+    channels.publish(event.user_id, frame)  # SSE streams
+    channels.publish(ws.session_events_channel(event.user_id), frame)  # WebSocket pages
+
+
 async def _error_response(request: Request, exc: ChatSessionError) -> Response:
     status = status_of(exc)
     if status == 500 or isinstance(exc, StorageError):  # the log names the file; not the client
@@ -145,6 +169,31 @@ async def _error_response(request: Request, exc: ChatSessionError) -> Response:
 async def _http_error_response(request: Request, exc: HTTPException) -> Response:
     # Unknown routes and methods answer in the API's own shape, not FastAPI's {"detail"}.
     return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _invalid_request(request: Request, exc: RequestValidationError) -> Response:
+    # A query parameter out of range: the API's own error shape, not FastAPI's "detail".
+    problems = "; ".join(
+        f"{'.'.join(str(part) for part in error['loc'][1:])}: {error['msg']}"
+        for error in exc.errors()
+    )
+    return JSONResponse({"error": problems or "invalid request"}, status_code=422)
+
+
+def _start_retention(
+    settings: Settings, store: DialogStore, metrics: Metrics
+) -> asyncio.Task[None] | None:
+    """The retention sweep, when ``ARCHIVE_RETENTION_DAYS`` is set; the lifespan owns it."""
+    if settings.archive_retention_days is None:
+        return None
+    return asyncio.ensure_future(
+        run_retention(
+            store,
+            settings.archive_retention_days,
+            settings.session_check_interval,
+            metrics.archives_expired.inc,
+        )
+    )
 
 
 class SessionHeaderMiddleware:
