@@ -63,6 +63,8 @@ variable                       meaning                                    defaul
 ``HEARTBEAT_INTERVAL``         seconds between SSE heartbeats             ``30``
 ``WS_PING_INTERVAL``           seconds between WebSocket pings            ``20``
 ``WS_PING_TIMEOUT``            seconds to wait for a pong                 ``20``
+``ARCHIVE_RETENTION_DAYS``     days an archive is kept; older ones are    forever
+                               deleted by the server's sweep
 =============================  =========================================  ==============
 
 Without ``JWT_SECRET`` or ``JWT_PUBLIC_KEY`` the server runs in development mode: it trusts
@@ -475,6 +477,7 @@ _HELP: dict[str, tuple[str, str]] = {
     "HEARTBEAT_INTERVAL": ("seconds between SSE heartbeats", "30"),
     "WS_PING_INTERVAL": ("seconds between WebSocket pings", "20"),
     "WS_PING_TIMEOUT": ("seconds to wait for a WebSocket pong", "20"),
+    "ARCHIVE_RETENTION_DAYS": ("days an archive is kept; older ones are deleted", "forever"),
 }
 
 

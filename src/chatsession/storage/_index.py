@@ -204,7 +204,7 @@ def _append(path: Path, lines: Iterable[str]) -> None:
     if not data:
         return
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:  # an index that cannot be written is rebuilt next time
         logger.warning("cannot update the archive index %s: %s", path, exc.strerror)
         return
@@ -219,9 +219,12 @@ def _append(path: Path, lines: Iterable[str]) -> None:
 def _replace(path: Path, lines: list[str]) -> None:
     # Named for this thread, so two rewrites at once never write one temporary file.
     temporary = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    data = "".join(line if line.endswith("\n") else line + "\n" for line in lines)
     try:
-        with open(temporary, "w", encoding="utf-8") as file:
-            file.writelines(line if line.endswith("\n") else line + "\n" for line in lines)
+        # Private like the dialogs themselves: the index holds their text.
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(data)
         os.replace(temporary, path)
     except OSError as exc:
         temporary.unlink(missing_ok=True)
