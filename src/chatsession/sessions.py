@@ -179,8 +179,18 @@ class SessionManager:
             async with idle:
                 await self._end_logged(session.user_id, "shutdown", expected=session)
 
-        await asyncio.gather(*(end(s) for s in list(self._sessions.values())))
-        await self.turns.wait_all(limit=None)  # turns queued behind others find the server closing
+        # A turn that was claiming its session as shutdown began installs it afterwards:
+        # go round until every turn has ended and no session is left unended.
+        tried: set[int] = set()
+        while True:
+            sessions = [s for s in self._sessions.values() if id(s) not in tried]
+            if sessions:
+                tried.update(id(s) for s in sessions)
+                await asyncio.gather(*(end(s) for s in sessions))
+            elif self.turns.running:
+                await self.turns.wait_all(limit=None)  # queued turns find the server closing
+            else:
+                return
 
     # -- reading -----------------------------------------------------------------------
 
