@@ -291,6 +291,9 @@ class SessionManager:
         record = claim.record
         user_id = record.user_id
         session = Session(user_id, record.session_id, record.started_at)
+        # Idle since its last activity anywhere, not since it came here.
+        idle = (datetime.now(UTC) - record.last_activity).total_seconds()
+        session.last_seen -= min(max(idle, 0.0), self.settings.session_timeout)
         self._sessions[user_id] = session
         if user_id not in self._connections:
             self._idle[user_id] = None
