@@ -114,7 +114,8 @@ class SessionManager:
     async def recover(self) -> int:
         """Archive dialogs a previous run left current (reason ``recovered``).
 
-        With other instances about, a dialog is recovered only if no session holds it.
+        With other instances about, a dialog is recovered only if no session holds it
+        (`RegistryUnavailable` if that cannot be asked).
         """
         recovered = 0
         for user_id in await self.store.users_with_current():
@@ -122,6 +123,8 @@ class SessionManager:
                 if self.registry.shared and await self.registry.find(user_id) is not None:
                     continue  # a live session elsewhere writes it
                 archive_id = await self.store.recover_current(user_id, ended_at=_now())
+            except RegistryUnavailable:
+                raise
             except Exception as exc:  # one unreadable dialog must not stop the others
                 logger.error("could not recover the dialog of %r: %s", user_id, exc)
                 continue
@@ -129,6 +132,18 @@ class SessionManager:
                 recovered += 1
                 logger.info("recovered the dialog of %r as archive %s", user_id, archive_id)
         return recovered
+
+    async def recover_when_reachable(self) -> None:
+        """`recover`, retried until the registry can be reached."""
+        while True:
+            try:
+                recovered = await self.recover()
+            except RegistryUnavailable:
+                await asyncio.sleep(self.settings.instance_ttl / 5)
+                continue
+            if recovered:
+                logger.info("archived %d dialogs left by a previous run", recovered)
+            return
 
     async def run_sweeper(self) -> None:
         """End idle sessions every ``session_check_interval`` seconds, until cancelled."""
