@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -231,11 +231,11 @@ class Instance:
 
 
 class Instances:
-    """``instances(n, **env)`` starts n instances sharing one DATA_DIR and REDIS_PREFIX.
+    """``instances(n, env)`` starts n instances sharing one DATA_DIR and REDIS_PREFIX.
 
-    Variables given as keywords go to each instance's environment (``REDIS_URL=...``,
-    ``INSTANCE_TTL="1"``); each instance gets ``INSTANCE_ID`` ``i0``, ``i1``, ... unless
-    given. All of them are killed (by pid) when the test ends.
+    ``env`` goes to each instance's environment (``{"REDIS_URL": ..., "INSTANCE_TTL": "1"}``);
+    each instance gets ``INSTANCE_ID`` ``i0``, ``i1``, ... unless given. All of them are
+    killed (by pid) when the test ends.
     """
 
     def __init__(self, root: Path) -> None:
@@ -244,18 +244,20 @@ class Instances:
         self.prefix = f"t-{uuid.uuid4().hex[:12]}:"
         self.started: list[Instance] = []
 
-    def __call__(self, count: int, *, healthy: bool = True, **env: str) -> list[Instance]:
-        """Start ``count`` instances at once; wait until each answers ``/health`` (with 200
-        unless ``healthy`` is false)."""
-        fresh = [self._spawn(**env) for _ in range(count)]
+    def __call__(
+        self, count: int, env: Mapping[str, str] | None = None, *, healthy: bool = True
+    ) -> list[Instance]:
+        """Start ``count`` instances at once with ``env`` added to their environment; wait
+        until each answers ``/health`` (with 200 unless ``healthy`` is false)."""
+        fresh = [self._spawn(dict(env or {})) for _ in range(count)]
         for instance in fresh:
             self._wait_ready(instance, healthy)
         return fresh
 
-    def one(self, *, healthy: bool = True, **env: str) -> Instance:
-        return self(1, healthy=healthy, **env)[0]
+    def one(self, env: Mapping[str, str] | None = None, *, healthy: bool = True) -> Instance:
+        return self(1, env, healthy=healthy)[0]
 
-    def _spawn(self, **env: str) -> Instance:
+    def _spawn(self, env: dict[str, str]) -> Instance:
         index = len(self.started)
         port = free_port()
         instance_id = env.pop("INSTANCE_ID", f"i{index}")
@@ -327,7 +329,7 @@ class Instances:
 
 @pytest.fixture
 def instances(tmp_path: Path) -> Iterator[Instances]:
-    """``instances(n, REDIS_URL=...)``: n ``chatsession serve`` processes, one DATA_DIR."""
+    """``instances(n, {"REDIS_URL": ...})``: n ``chatsession serve`` processes, one DATA_DIR."""
     rig = Instances(tmp_path / "cluster")
     rig.root.mkdir(parents=True, exist_ok=True)
     try:
