@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 from collections.abc import Callable
 
 import httpx
+import pytest
 from websockets.exceptions import InvalidStatus
 
 from tests.cluster.conftest import (
+    HAPROXY,
+    HAPROXY_CFG,
     HAProxy,
     Instance,
     Instances,
     RedisServer,
     chat,
+    haproxy_environment,
     reply_of,
     say,
     sessions,
@@ -26,6 +31,21 @@ HAProxyFactory = Callable[[list[Instance]], HAProxy]
 
 def shared(redis: RedisServer, **env: str) -> dict[str, str]:
     return {"REDIS_URL": redis.url, "INSTANCE_TTL": "1", **env}
+
+
+@pytest.mark.parametrize("servers", [1, 2, 3])
+def test_the_shipped_haproxy_config_is_valid_for_one_to_three_servers(servers: int) -> None:
+    """``haproxy -c`` accepts deploy/haproxy.cfg with one, two or three servers named."""
+    backends = [f"127.0.0.1:{8001 + i}" for i in range(servers)]
+    done = subprocess.run(
+        [HAPROXY, "-c", "-f", str(HAPROXY_CFG)],
+        env=haproxy_environment(8080, backends),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 async def answering_instance(url: str, session_id: str | None = None) -> str:
