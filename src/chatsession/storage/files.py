@@ -161,6 +161,9 @@ class YamlDialogStore:
         except OSError as exc:
             raise StorageError(f"cannot delete {path}: {exc.strerror}") from exc
 
+    def forget(self, user_id: str) -> None:
+        self._open.close(user_id)
+
     async def flush(self) -> None:
         if not self._unsynced:
             return

@@ -25,7 +25,6 @@ from chatsession.web import dialogs, health, http_chat, page, sse, ws
 from chatsession.web._state import WebState
 from chatsession.web.auth import Authenticator
 from chatsession.web.channels import Channels
-from chatsession.web.limits import ConnectionSlots, RateLimiter
 from chatsession.web.metrics import Metrics, TimedStore
 from chatsession.web.protocol import event_frame, status_of
 from chatsession.web.shutdown import Drain
@@ -55,19 +54,22 @@ def create_app(
         metrics = Metrics()
         chosen = store if store is not None else open_store(settings.data_dir, settings.durability)
         channels = Channels()
-        async with ChatServer(settings, store=TimedStore(chosen, metrics), model=model) as chat:
+        server = ChatServer(
+            settings, store=TimedStore(chosen, metrics), model=model, enforce_limits=True
+        )
+        async with server as chat:
             metrics.watch(chat)
             chat.on(
                 "session_event", lambda event: channels.publish(event.user_id, event_frame(event))
             )
+            # Frames other instances send to this user's connections here.
+            chat.on("user_frame", channels.publish)
             drain.attach(chat)
             web = WebState(
                 settings=settings,
                 chat=chat,
                 auth=auth,
                 channels=channels,
-                rate=RateLimiter(settings.rate_limit),
-                slots=ConnectionSlots(settings.max_connections_per_user),
                 metrics=metrics,
                 drain=drain,
             )
@@ -103,7 +105,9 @@ async def _error_response(request: Request, exc: ChatSessionError) -> Response:
     status = status_of(exc)
     if status == 500:
         logger.error("request %s %s failed: %s", request.method, request.url.path, exc)
-    return JSONResponse({"error": str(exc)}, status_code=status)
+    retry_after = getattr(exc, "retry_after", None)
+    headers = {"retry-after": str(retry_after)} if retry_after else None
+    return JSONResponse({"error": str(exc)}, status_code=status, headers=headers)
 
 
 class SessionHeaderMiddleware:
@@ -125,21 +129,26 @@ class SessionHeaderMiddleware:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 if not any(name.lower() == b"x-session-id" for name, _ in headers):
-                    headers.append((b"x-session-id", _session_id(scope).encode()))
+                    headers.append((b"x-session-id", (await _session_id(scope)).encode()))
                     message = {**message, "headers": headers}
             await send(message)
 
         await self.app(scope, receive, send_with_header)
 
 
-def _session_id(scope: Scope) -> str:
+async def _session_id(scope: Scope) -> str:
     state = scope.get("state") or {}
     if state.get("session_id"):
         return str(state["session_id"])
     web = state.get("web")
     user_id = state.get("user_id")
     if isinstance(web, WebState) and user_id:
-        info = web.chat.sessions.get(user_id)
+        info = web.chat.sessions.get(user_id)  # owned here: no need to ask the others
+        if info is None and web.chat.registry.shared:
+            try:
+                info = await web.chat.get_user_session_info(user_id)
+            except ChatSessionError:
+                info = None  # the registry is unreachable; the request itself says so
         if info is not None:
             return info.session_id
     for name, value in scope.get("headers", []):

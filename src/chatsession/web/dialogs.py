@@ -63,8 +63,10 @@ async def list_sessions(request: Request) -> Response:
     """Every active session (the guide's "monitor session states"); admins only."""
     if not identify(request).admin:
         raise PermissionDenied("listing sessions needs admin rights")
-    sessions = list(web_state(request).chat.sessions.values())
-    return JSONResponse({"count": len(sessions), "sessions": [_session(s) for s in sessions]})
+    sessions = await web_state(request).chat.list_sessions()
+    return JSONResponse(
+        {"count": len(sessions), "sessions": [_session(s, owner) for s, owner in sessions]}
+    )
 
 
 def _summary(archive: ArchiveSummary) -> dict[str, Any]:
@@ -104,8 +106,9 @@ def _message(message: Message) -> dict[str, Any]:
     return out
 
 
-def _session(info: SessionInfo) -> dict[str, Any]:
+def _session(info: SessionInfo, instance: str) -> dict[str, Any]:
     return {
+        "instance": instance,
         "userId": info.user_id,
         "sessionId": info.session_id,
         "startedAt": info.started_at.isoformat(),
