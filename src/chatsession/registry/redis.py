@@ -238,9 +238,8 @@ class RedisRegistry:
         return Claim(record, created=code == 1, moved=code != 1)
 
     async def release(self, user_id: str) -> None:
-        self._owned.pop(user_id, None)
         await self._script("RELEASE", [self._key(user_id)], [self.instance_id])
-        await self._untrack_if_idle(user_id)
+        await self._disown(user_id)
 
     async def touch(self, user_id: str) -> bool:
         return bool(await self._script("TOUCH", [self._key(user_id)], []))
@@ -260,7 +259,7 @@ class RedisRegistry:
                 retry_after=retry,
             )
         if code < 0:
-            self._owned.pop(user_id, None)
+            await self._disown(user_id)
             raise OwnershipLost(f"the session of {user_id!r} is owned by another instance now")
         return _route(reply)
 
@@ -278,10 +277,10 @@ class RedisRegistry:
         if code == 1:
             return EndCheck(True)
         if code == 0:
-            self._owned.pop(user_id, None)
+            await self._disown(user_id)
             return EndCheck(False, "gone")
         if code == -2:
-            self._owned.pop(user_id, None)
+            await self._disown(user_id)
             return EndCheck(False, "lost")
         if code == -3:
             return EndCheck(False, "connected")
@@ -291,9 +290,7 @@ class RedisRegistry:
         reply = await self._script(
             "FINISH_END", [self._key(user_id), self._rate_key(user_id)], [self.instance_id]
         )
-        self._owned.pop(user_id, None)
-        await self._count_owned()
-        await self._untrack_if_idle(user_id)
+        await self._disown(user_id)
         return _route(reply)
 
     async def abort_end(self, user_id: str) -> None:
@@ -582,6 +579,11 @@ class RedisRegistry:
         self._owned[user_id] = (record.session_id, int(record.started_at.timestamp() * 1000))
         await self._track(user_id)
         await self._count_owned()
+
+    async def _disown(self, user_id: str) -> None:
+        if self._owned.pop(user_id, None) is not None:
+            await self._count_owned()
+        await self._untrack_if_idle(user_id)
 
     async def _track(self, user_id: str) -> None:
         await self._call(self._client.sadd(self._instance_key() + ":users", user_id))
