@@ -168,7 +168,7 @@ class RedisRegistry:
 
     async def find(self, user_id: str) -> Record | None:
         flat = await self._call(self._client.hgetall(self._key(user_id)))
-        return self._from_hash(user_id, flat) if flat else None
+        return self._from_hash(user_id, flat) if flat.get("sid") else None
 
     async def ensure(self, user_id: str, session_id: str | None) -> tuple[Record, bool]:
         return await self._open_session(user_id, session_id, connect=False, limit=0, channel=False)
@@ -337,7 +337,8 @@ class RedisRegistry:
         flats = await self._call(
             self._pipelined([("HGETALL", self._key(user)) for user in ordered])
         )
-        return [self._from_hash(u, _pairs(f)) for u, f in zip(ordered, flats, strict=True) if f]
+        pairs = [(user_id, _pairs(flat)) for user_id, flat in zip(ordered, flats, strict=True)]
+        return [self._from_hash(user_id, flat) for user_id, flat in pairs if flat.get("sid")]
 
     def deliver(self, instances: tuple[str, ...], user_id: str, frame: dict[str, Any]) -> None:
         body = json.dumps(frame, separators=(",", ":"))
