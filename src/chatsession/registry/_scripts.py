@@ -105,10 +105,10 @@ return reply(-4, rec, total, conns, chans)
 """
 )
 
-# KEYS: session. ARGV: me. Gives the session up: it goes on, for any instance to claim.
+# KEYS: session. ARGV: me, the instance to hand it to ('' for whoever claims it next).
 RELEASE = """
 if redis.call('HGET', KEYS[1], 'own') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'own', '')
+redis.call('HSET', KEYS[1], 'own', ARGV[2])
 redis.call('HINCRBY', KEYS[1], 'ep', 1)
 return 1
 """

@@ -72,7 +72,7 @@ class LocalRegistry:
         record, created = await self.ensure(user_id, session_id)
         return Claim(record, created=created)
 
-    async def release(self, user_id: str) -> None:
+    async def release(self, user_id: str, to: str = "") -> None:
         pass  # nobody else could take it
 
     async def touch(self, user_id: str) -> bool:
