@@ -506,7 +506,21 @@ _HELP: dict[str, tuple[str, str]] = {
     "HEARTBEAT_INTERVAL": ("seconds between SSE heartbeats", "30"),
     "WS_PING_INTERVAL": ("seconds between WebSocket pings", "20"),
     "WS_PING_TIMEOUT": ("seconds to wait for a WebSocket pong", "20"),
-    "ARCHIVE_RETENTION_DAYS": ("days an archive is kept; older ones are deleted", "forever"),
+    "TRUSTED_PROXY_ADMIN_HEADER": (
+        "behind a trusted proxy, the header whose value admin grants admin rights",
+        "none",
+    ),
+    "ALLOWED_ORIGINS": ("more origins whose pages may open /ws and POST, comma-separated", "none"),
+    "ALLOWED_HOSTS": ("Host names served, comma-separated", "loopback in dev mode, else any"),
+    "MAX_HEADER_BYTES": ("largest request line and headers, in bytes", "32768"),
+    "HEADER_TIMEOUT": ("seconds a client may take to send a request's headers", "10"),
+    "MAX_CONNECTIONS": ("open connections in all, 0 for no cap", "4096"),
+    "ARCHIVE_RETENTION_DAYS": ("days archives are kept before the sweep deletes them", "forever"),
+    "REDIS_URL": ("redis://host:port/db: share sessions with other instances (env only)", "none"),
+    "REDIS_PREFIX": ("the prefix of every Redis key", "chatsession:"),
+    "REDIS_CLUSTER": ("REDIS_URL names a node of a Redis Cluster", "false"),
+    "INSTANCE_TTL": ("seconds after which a silent instance counts as dead", "10"),
+    "INSTANCE_ID": ("this instance's name among the instances", "random"),
 }
 
 

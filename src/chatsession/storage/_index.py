@@ -219,12 +219,11 @@ def _append(path: Path, lines: Iterable[str]) -> None:
 def _replace(path: Path, lines: list[str]) -> None:
     # Named for this thread, so two rewrites at once never write one temporary file.
     temporary = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
-    data = "".join(line if line.endswith("\n") else line + "\n" for line in lines)
     try:
-        # Private like the dialogs themselves: the index holds their text.
+        # The index holds the archives' words: private like the archives themselves.
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(data)
+        with open(fd, "w", encoding="utf-8") as file:
+            file.writelines(line if line.endswith("\n") else line + "\n" for line in lines)
         os.replace(temporary, path)
     except OSError as exc:
         temporary.unlink(missing_ok=True)
