@@ -5,7 +5,7 @@
 const $ = (id) => document.getElementById(id);
 const PAGE_SIZE = 10;
 const state = {
-  discarding: false, stale: false, renewed: null,
+  discarding: false,
   identity: "", admin: false, hold: true, me: null,
   socket: null, reply: null, replyText: "", reasoning: null,
   session: null, lastSessionId: null, sessionEndShown: null,
@@ -143,12 +143,7 @@ function openSocket() {
 
 function onFrame(socket, frame) {
   if (frame.type === "session") {
-    const old = state.socket;
-    socket.sessionId = frame.sessionId;
     state.socket = socket;
-    state.stale = false;
-    if (old && old !== socket) old.close(1000); // replaced: see renewSocket
-    if (state.renewed) { state.renewed(); state.renewed = null; }
     setChatEnabled(true);
     $("status").textContent = "Connected.";
     refreshSession().then(() => { if (state.me && state.socket === socket) $("status").textContent = `Connected as ${state.me}.`; });
@@ -190,16 +185,9 @@ function stopReply() {
   if (state.socket) state.socket.send(JSON.stringify({ type: "stop" }));
 }
 
-function renewSocket() {
-  // This socket's session has ended (the button, an admin, erasure): the next message
-  // goes on a new connection, which holds the new session; the old one then closes.
-  return new Promise((resolve) => { state.renewed = resolve; openSocket(); });
-}
-
 async function send(text) {
   const jsonOutput = $("json-output").checked, reasoningEnabled = $("reasoning").checked;
   log("user", text);
-  if (state.socket && state.stale) await renewSocket();
   if (state.socket) {
     state.discarding = false;
     $("stop-button").disabled = false;
@@ -219,9 +207,6 @@ async function send(text) {
 // -- the session -----------------------------------------------------------------------
 
 function onSessionEvent(frame) {
-  if (frame.event === "session_ended" && state.socket && frame.sessionId === state.socket.sessionId) {
-    state.stale = true;
-  }
   if (frame.event === "session_ended") {
     showEnded(frame.sessionId, frame.reason, frame.archiveId);
     loadArchives(true, frame.archiveId);
