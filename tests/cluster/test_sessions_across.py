@@ -59,7 +59,7 @@ async def test_any_instance_answers_for_the_users_one_session(
     assert went_on.headers["x-session-id"] == session_id
     async with websocket(b.ws_url, "alice") as (_, ws_session):
         assert ws_session == session_id
-    dialog = await instances.store().load_current("alice")
+        dialog = await instances.store().load_current("alice")  # before the close ends it
     assert dialog is not None
     assert dialog.session_id == session_id
     assert [m.content for m in dialog.messages] == ["hello", "echo: hello", "again", "echo: again"]
