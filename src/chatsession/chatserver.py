@@ -109,13 +109,17 @@ class ChatServer:
         self._sessions.bind(self._spawn)
         try:
             await self._sessions.open()
-            recovered = await self._sessions.recover()
+            # With other instances about, recovery asks Redis about each dialog, so it waits
+            # until Redis can be reached rather than hold up the start.
+            recovered = 0 if self.registry.shared else await self._sessions.recover()
         except BaseException:
             await self.aclose()
             raise
         if recovered:
             logger.info("archived %d dialogs left by a previous run", recovered)
         self._background = [self._spawn(self._sessions.run_sweeper())]
+        if self.registry.shared:
+            self._background.append(self._spawn(self._sessions.recover_when_reachable()))
         if self.settings.durability == "batch":
             self._background.append(self._spawn(self._flush_periodically()))
         return self

@@ -114,7 +114,8 @@ class SessionManager:
     async def recover(self) -> int:
         """Archive dialogs a previous run left current (reason ``recovered``).
 
-        With other instances about, a dialog is recovered only if no session holds it.
+        With other instances about, a dialog is recovered only if no session holds it
+        (`RegistryUnavailable` if that cannot be asked).
         """
         recovered = 0
         for user_id in await self.store.users_with_current():
@@ -122,6 +123,8 @@ class SessionManager:
                 if self.registry.shared and await self.registry.find(user_id) is not None:
                     continue  # a live session elsewhere writes it
                 archive_id = await self.store.recover_current(user_id, ended_at=_now())
+            except RegistryUnavailable:
+                raise
             except Exception as exc:  # one unreadable dialog must not stop the others
                 logger.error("could not recover the dialog of %r: %s", user_id, exc)
                 continue
@@ -129,6 +132,18 @@ class SessionManager:
                 recovered += 1
                 logger.info("recovered the dialog of %r as archive %s", user_id, archive_id)
         return recovered
+
+    async def recover_when_reachable(self) -> None:
+        """`recover`, retried until the registry can be reached."""
+        while True:
+            try:
+                recovered = await self.recover()
+            except RegistryUnavailable:
+                await asyncio.sleep(self.settings.instance_ttl / 5)
+                continue
+            if recovered:
+                logger.info("archived %d dialogs left by a previous run", recovered)
+            return
 
     async def run_sweeper(self) -> None:
         """End idle sessions every ``session_check_interval`` seconds, until cancelled."""
@@ -179,8 +194,18 @@ class SessionManager:
             async with idle:
                 await self._end_logged(session.user_id, "shutdown", expected=session)
 
-        await asyncio.gather(*(end(s) for s in list(self._sessions.values())))
-        await self.turns.wait_all(limit=None)  # turns queued behind others find the server closing
+        # A turn that was claiming its session as shutdown began installs it afterwards:
+        # go round until every turn has ended and no session is left unended.
+        tried: set[int] = set()
+        while True:
+            sessions = [s for s in self._sessions.values() if id(s) not in tried]
+            if sessions:
+                tried.update(id(s) for s in sessions)
+                await asyncio.gather(*(end(s) for s in sessions))
+            elif self.turns.running:
+                await self.turns.wait_all(limit=None)  # queued turns find the server closing
+            else:
+                return
 
     # -- reading -----------------------------------------------------------------------
 
@@ -281,6 +306,9 @@ class SessionManager:
         record = claim.record
         user_id = record.user_id
         session = Session(user_id, record.session_id, record.started_at)
+        # Idle since its last activity anywhere, not since it came here.
+        idle = (datetime.now(UTC) - record.last_activity).total_seconds()
+        session.last_seen -= min(max(idle, 0.0), self.settings.session_timeout)
         self._sessions[user_id] = session
         if user_id not in self._connections:
             self._idle[user_id] = None

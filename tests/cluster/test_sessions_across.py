@@ -242,7 +242,9 @@ async def test_the_rate_limit_counts_messages_on_every_instance(
         frames = await say(ws, "6")
         assert (frames[-1]["type"], frames[-1]["status"]) == ("error", 429)
     assert (await chat(b.url, "bob", "hi")).status_code == 200  # another user carries on
-    # Closing the WebSocket ended the session: the refused messages are nowhere in it.
+    # Closing the WebSocket, alice's only connection, ended and archived the session; the
+    # refused messages are nowhere in it.
     (archive,) = await instances.settled_archives("alice")
+    assert archive.session_id == session_id
     dialog = await instances.store().load_archive("alice", archive.archive_id)
     assert [m.content for m in dialog.messages] == [t for i in "1234" for t in (i, f"echo: {i}")]

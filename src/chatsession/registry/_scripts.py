@@ -267,3 +267,16 @@ else redis.call('HDEL', KEYS[1], 's:' .. me) end
 return 1
 """
 )
+
+# KEYS: session. ARGV: me. This instance leaves: its connections stop counting.
+LEAVE = (
+    _COMMON
+    + """
+local me = ARGV[1]
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HDEL', KEYS[1], 'c:' .. me, 's:' .. me)
+local rec, total, conns, chans = scan(KEYS[1], me)
+if total == 0 then redis.call('HSET', KEYS[1], 'dc', 'disconnect', 'la', now_ms()) end
+return 1
+"""
+)

@@ -101,11 +101,12 @@ class RedisRegistry:
             name: sha1(getattr(_scripts, name).encode()).hexdigest()
             for name in (
                 "OPEN", "CLAIM", "RELEASE", "TOUCH", "TURN", "BEGIN_END", "FINISH_END",
-                "ABORT_END", "CLOSE", "REAP", "RESTORE",
+                "ABORT_END", "CLOSE", "REAP", "RESTORE", "LEAVE",
             )
         }  # fmt: skip
         self._inbox: Inbox | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._reading: asyncio.Task[None] | None = None
         self._outbox: asyncio.Queue[tuple[str, dict[str, str]]] = asyncio.Queue(10_000)
         self._lease_until = 0.0  # monotonic: writing is allowed until then
         self._registered = False
@@ -127,11 +128,8 @@ class RedisRegistry:
         except RegistryUnavailable as exc:
             logger.error("Redis at %s cannot be reached (%s); retrying", _safe(self._url), exc)
         loop = asyncio.get_running_loop()
-        self._tasks = [
-            loop.create_task(self._keep_alive()),
-            loop.create_task(self._read_inbox()),
-            loop.create_task(self._send_outbox()),
-        ]
+        self._tasks = [loop.create_task(self._keep_alive()), loop.create_task(self._send_outbox())]
+        self._reading = loop.create_task(self._read_inbox())
 
     async def aclose(self) -> None:
         if self._closed:
@@ -139,16 +137,32 @@ class RedisRegistry:
         self._closed = True
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=2)
         try:
-            me = self._instance_key()
-            await self._client.delete(me, me + ":users", me + ":sessions", me + ":inbox")
-            await self._client.srem(self._p + "instances", self.instance_id)
-        except self._redis_error as exc:
+            await self._leave()
+        except (self._redis_error, RegistryUnavailable) as exc:
             logger.warning("could not leave the cluster cleanly: %s", exc)
-        for client in {id(self._client): self._client, id(self._reader): self._reader}.values():
+        # A blocked XREAD does not yield to cancellation; closing its connection ends it.
+        for client in {id(self._reader): self._reader, id(self._client): self._client}.values():
             with contextlib.suppress(Exception):  # a broken connection may fail to close
                 await client.aclose()
+        if self._reading is not None:
+            self._reading.cancel()
+            await asyncio.wait([self._reading], timeout=2)
+
+    async def _leave(self) -> None:
+        """Stop counting the connections still open here; what this instance still owns
+        (nothing, after a clean shutdown) is left for a survivor to take over."""
+        for user_id in list(self._held):
+            await self._script("LEAVE", [self._key(user_id)], [self.instance_id])
+        self._held.clear()
+        me = self._instance_key()
+        if self._owned:
+            await self._client.delete(me)  # taken for dead at once: survivors adopt the rest
+            return
+        await self._client.delete(me, me + ":users", me + ":sessions", me + ":inbox")
+        await self._client.srem(self._p + "instances", self.instance_id)
 
     # -- sessions --------------------------------------------------------------------------
 
@@ -224,9 +238,8 @@ class RedisRegistry:
         return Claim(record, created=code == 1, moved=code != 1)
 
     async def release(self, user_id: str) -> None:
-        self._owned.pop(user_id, None)
         await self._script("RELEASE", [self._key(user_id)], [self.instance_id])
-        await self._untrack_if_idle(user_id)
+        await self._disown(user_id)
 
     async def touch(self, user_id: str) -> bool:
         return bool(await self._script("TOUCH", [self._key(user_id)], []))
@@ -246,7 +259,7 @@ class RedisRegistry:
                 retry_after=retry,
             )
         if code < 0:
-            self._owned.pop(user_id, None)
+            await self._disown(user_id)
             raise OwnershipLost(f"the session of {user_id!r} is owned by another instance now")
         return _route(reply)
 
@@ -264,10 +277,10 @@ class RedisRegistry:
         if code == 1:
             return EndCheck(True)
         if code == 0:
-            self._owned.pop(user_id, None)
+            await self._disown(user_id)
             return EndCheck(False, "gone")
         if code == -2:
-            self._owned.pop(user_id, None)
+            await self._disown(user_id)
             return EndCheck(False, "lost")
         if code == -3:
             return EndCheck(False, "connected")
@@ -277,9 +290,7 @@ class RedisRegistry:
         reply = await self._script(
             "FINISH_END", [self._key(user_id), self._rate_key(user_id)], [self.instance_id]
         )
-        self._owned.pop(user_id, None)
-        await self._count_owned()
-        await self._untrack_if_idle(user_id)
+        await self._disown(user_id)
         return _route(reply)
 
     async def abort_end(self, user_id: str) -> None:
@@ -289,6 +300,8 @@ class RedisRegistry:
             logger.error("could not abort the end of %r's session: %s", user_id, exc)
 
     async def disconnect(self, user_id: str, *, channel: bool, failed: bool) -> Record | None:
+        if self._closed:
+            return None  # left the cluster: its connections no longer count
         held = self._held[user_id]
         held[0] = max(held[0] - 1, 0)
         held[1] = max(held[1] - int(channel), 0)
@@ -298,7 +311,7 @@ class RedisRegistry:
             )
         finally:
             if not held[0]:
-                del self._held[user_id]
+                self._held.pop(user_id, None)
         if not int(reply[0]):
             return None
         await self._untrack_if_idle(user_id)
@@ -479,6 +492,8 @@ class RedisRegistry:
             try:
                 answer = await self._reader.xread({key: last}, count=256, block=1000)
             except self._redis_error:
+                if self._closed:
+                    return
                 await asyncio.sleep(self._ttl / 5)
                 continue
             for _stream, entries in answer or ():
@@ -564,6 +579,11 @@ class RedisRegistry:
         self._owned[user_id] = (record.session_id, int(record.started_at.timestamp() * 1000))
         await self._track(user_id)
         await self._count_owned()
+
+    async def _disown(self, user_id: str) -> None:
+        if self._owned.pop(user_id, None) is not None:
+            await self._count_owned()
+        await self._untrack_if_idle(user_id)
 
     async def _track(self, user_id: str) -> None:
         await self._call(self._client.sadd(self._instance_key() + ":users", user_id))
