@@ -78,7 +78,7 @@ async def test_a_cross_site_text_plain_post_is_refused_with_415(live: LiveFactor
 
 
 async def test_post_and_delete_from_a_foreign_origin_are_refused(live: LiveFactory) -> None:
-    """POST and DELETE carrying a foreign Origin get 403; no Origin or the own one pass."""
+    """POST, DELETE and SSE channels with a foreign Origin get 403; others pass."""
     async with live() as server, httpx.AsyncClient(base_url=server.url) as http:
         foreign = {**ALICE, "origin": EVIL}
         reply = await http.post("/chat", json={"message": "hi"}, headers=foreign)
@@ -90,6 +90,9 @@ async def test_post_and_delete_from_a_foreign_origin_are_refused(live: LiveFacto
         assert (await http.post("/chat", json={"message": "hi"}, headers=own)).status_code == 200
         assert (await http.post("/chat", json={"message": "hi"}, headers=ALICE)).status_code == 200
         assert (await http.get("/dialogs/current", headers=foreign)).status_code == 200
+        channel = await http.get("/chat-stream", headers={**foreign, "x-user-id": "bob"})
+        assert channel.status_code == 403
+        assert (await http.get("/health")).json()["activeSessions"] == 1  # alice's alone
 
 
 async def test_dns_rebinding_host_is_refused_in_development_mode(live: LiveFactory) -> None:
