@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
+from websockets.typing import Origin
 
 from tests.web.conftest import LiveFactory, serve_process
 
@@ -22,7 +23,9 @@ EVIL = "https://evil.example"
 async def ws_status(url: str, headers: dict[str, str], origin: str | None = None) -> int:
     """The HTTP status a WebSocket handshake gets (101 once accepted)."""
     try:
-        async with connect(url, additional_headers=headers, origin=origin) as ws:  # type: ignore[arg-type]
+        async with connect(
+            url, additional_headers=headers, origin=Origin(origin) if origin else None
+        ) as ws:
             json.loads(await ws.recv())
             return 101
     except InvalidStatus as refused:
