@@ -68,3 +68,55 @@ def test_console_script_runs(archived: str, tmp_path: Path) -> None:
         check=True,
     )
     assert archived in result.stdout
+
+
+def test_serve_help_gives_each_flag_its_meaning_unit_default_and_variable() -> None:
+    """serve --help: "--session-timeout ... in milliseconds; default 300000 ($SESSION_TIMEOUT)"."""
+    serve_help = " ".join(
+        subprocess.run(
+            [sys.executable, "-m", "chatsession", "serve", "--help"],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+        ).stdout.split()
+    )
+    assert "inactivity before a session ends, in milliseconds; default 300000" in serve_help
+    assert "($SESSION_TIMEOUT)" in serve_help
+    assert "seconds shutdown waits for replies still streaming; default 10" in serve_help
+    assert "the model: auto, local, openai:<model> or echo; default auto ($CHAT_MODEL)" in (
+        serve_help
+    )
+
+
+def test_purge_erases_one_user_offline(
+    archived: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """purge USER removes that user's dialogs and archives and leaves other users' alone."""
+    bob = tmp_path / "users" / "bob" / "dialogs"
+    bob.mkdir(parents=True)
+    (bob / "current.yaml").write_text("kept")
+    assert main(["purge", "alice", "--data-dir", str(tmp_path)]) == 0
+    assert "1 archives" in capsys.readouterr().out
+    assert not (tmp_path / "users" / "alice").exists()
+    assert (bob / "current.yaml").read_text() == "kept"
+
+
+def test_purge_refuses_while_a_server_holds_the_data_dir(
+    archived: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With DATA_DIR/.lock taken by a server, purge refuses (unless --force) and removes nothing."""
+    import fcntl
+
+    with open(tmp_path / ".lock", "w") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        holder = subprocess.run(
+            [sys.executable, "-m", "chatsession", "purge", "alice", "--data-dir", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    assert holder.returncode == 1
+    assert "a server holds" in holder.stderr
+    assert (tmp_path / "users" / "alice" / "dialogs" / "archived" / f"{archived}.yaml").exists()
+    assert main(["purge", "alice", "--data-dir", str(tmp_path)]) == 0  # the lock is free now

@@ -13,13 +13,20 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from chatsession import ChatServer, ChatSessionError, ServerClosedError, SessionEvent
+from chatsession import (
+    ChatServer,
+    ChatSessionError,
+    DialogStore,
+    ServerClosedError,
+    SessionEvent,
+    Settings,
+)
 from chatsession.models import EchoModel
-from chatsession.storage.files import YamlDialogStore
 from tests.conftest import ServerFactory
 
 ROUNDS = 200
@@ -169,7 +176,7 @@ async def test_concurrent_explicit_ends_all_get_the_same_archive(server: ServerF
 
 @pytest.mark.timeout(120)
 async def test_shutdown_racing_chats_and_closes_loses_nothing(
-    server: ServerFactory, store_kind: str, tmp_path: Path
+    server: ServerFactory, make_store: Callable[..., DialogStore], tmp_path: Path
 ) -> None:
     """Leaving the server while chats stream and connections close: all stored, once."""
     for attempt in range(30):
@@ -190,17 +197,15 @@ async def test_shutdown_racing_chats_and_closes_loses_nothing(
                 pass  # cancelled past the grace period: the partial reply is stored
             accepted.append(text)  # noqa: B023  # awaited within this iteration
 
-        async with server(model=EchoModel(delay=0.0005), data_dir=data) as chat:
+        store = make_store(Settings(data_dir=data))
+        async with server(model=EchoModel(delay=0.0005), data_dir=data, store=store) as chat:
             tasks = [asyncio.create_task(chat_once(chat, f"s{n}", f"text-{n}")) for n in range(10)]
             tasks += [
                 asyncio.create_task(_connection(chat, f"s{n}", rng, fail=False)) for n in range(10)
             ]
             await _pause(rng)
         await asyncio.gather(*tasks)
-        if store_kind != "yaml":
-            continue
-        store = YamlDialogStore(data)
-        assert await store.users_with_current() == []
+        assert await store.users_with_current() == []  # the store the server closed
         for text in accepted:
             user = "s" + text.removeprefix("text-")
             summaries = await store.list_archives(user)

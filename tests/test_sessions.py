@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from chatsession import (
     Settings,
 )
 from chatsession.models import EchoModel
-from chatsession.storage import MemoryDialogStore
+from chatsession.storage import DialogStore, MemoryDialogStore
 from tests.conftest import ServerFactory, collect
 
 
@@ -114,19 +114,19 @@ async def test_unknown_event_name_is_refused(server: ServerFactory) -> None:
             chat.on("sessionEnded", print)
 
 
-async def test_leaving_the_block_archives_every_session(server: ServerFactory) -> None:
+async def test_leaving_the_block_archives_every_session(
+    server: ServerFactory, make_store: Callable[..., DialogStore], tmp_path: Path
+) -> None:
     """Shutdown archives each active session with reason shutdown."""
-    async with server() as chat:
+    store = make_store(Settings(data_dir=tmp_path / "data"))
+    async with server(store=store) as chat:
         for user in ("u1", "u2", "u3"):
             await collect(chat, user, f"hi {user}")
         await chat.start_user_session("empty")
-    async with server() as chat:
-        for user in ("u1", "u2", "u3"):
-            archives = await chat.list_archives(user)
-            if not archives:  # the memory store forgets with its server
-                continue
-            assert [a.end_reason for a in archives] == ["shutdown"]
-            assert archives[0].message_count == 2
+    for user in ("u1", "u2", "u3"):  # read from the store the server closed
+        archives = await store.list_archives(user)
+        assert [(a.end_reason, a.message_count) for a in archives] == [("shutdown", 2)]
+    assert await store.list_archives("empty") == []
 
 
 async def test_closed_server_refuses_work(server: ServerFactory) -> None:
@@ -384,7 +384,7 @@ async def test_a_failing_background_task_never_stops_the_server(server: ServerFa
 
 
 async def test_shutdown_waits_for_replies_then_cancels_past_the_grace(
-    server: ServerFactory, tmp_path: Path
+    server: ServerFactory, make_store: Callable[..., DialogStore], tmp_path: Path
 ) -> None:
     """A reply still streaming at shutdown gets SHUTDOWN_GRACE, then is stored interrupted.
 
@@ -402,21 +402,20 @@ async def test_shutdown_waits_for_replies_then_cancels_past_the_grace(
             outcome.append(str(exc))
 
     loop = asyncio.get_running_loop()
-    async with server(model=EchoModel(delay=0.01), shutdown_grace=0.1, data_dir=data) as chat:
+    store = make_store(Settings(data_dir=data))
+    model = EchoModel(delay=0.01)
+    async with server(model=model, shutdown_grace=0.1, data_dir=data, store=store) as chat:
         task = asyncio.create_task(slow_chat(chat))
         await streaming.wait()
         started = loop.time()
     assert loop.time() - started < 2
     await task
     assert outcome == ["The server shut down before the reply finished."]
-    async with server(data_dir=data) as chat:
-        archives = await chat.list_archives("kit")
-        if archives:  # the memory store forgets with its server
-            [summary] = archives
-            assert summary.end_reason == "shutdown"
-            reply = (await chat.get_archive("kit", summary.archive_id)).messages[-1]
-            assert reply.interrupted
-            assert reply.content.startswith("echo: w w")
+    [summary] = await store.list_archives("kit")  # read from the store the server closed
+    assert summary.end_reason == "shutdown"
+    reply = (await store.load_archive("kit", summary.archive_id)).messages[-1]
+    assert reply.interrupted
+    assert reply.content.startswith("echo: w w")
 
 
 async def test_chunks_that_pile_up_are_joined_by_kind(server: ServerFactory) -> None:

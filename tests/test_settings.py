@@ -164,3 +164,39 @@ def test_empty_variables_mean_the_default() -> None:
     settings = Settings.from_env({"AUTO_ARCHIVE_ON_DISCONNECT": "", "CHAT_MODEL": " "})
     assert settings.auto_archive_on_disconnect is True
     assert settings.chat_model == "auto"
+
+
+@pytest.mark.parametrize("variable", ["SESSION_TIMEOUT", "SESSION_CHECK_INTERVAL"])
+def test_milliseconds_under_a_second_are_taken_with_a_warning(
+    variable: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SESSION_TIMEOUT=300 (someone thinking in seconds) is 0.3 s, and the log says so."""
+    with caplog.at_level("WARNING", "chatsession.settings"):
+        settings = Settings.from_env({variable: "300"})
+    assert getattr(settings, variable.lower()) == 0.3
+    assert f"{variable}=300 means 300 milliseconds" in caplog.text
+    assert "for 300 seconds write 300000" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", "chatsession.settings"):
+        Settings.from_env({variable: "1000"})
+    assert caplog.text == ""
+
+
+def test_every_variable_has_help_with_a_default() -> None:
+    """Each variable has a meaning (with its unit) and a default for serve --help."""
+    from chatsession.settings import environment_variables, setting_help
+
+    for variable in environment_variables():
+        described = setting_help(variable)
+        assert described is not None, variable
+        assert all(described), variable
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("MODEL_TEMPERATURE", "-1"), ("MODEL_TOP_P", "0"), ("MODEL_REPEAT_PENALTY", "x")],
+)
+def test_sampling_settings_refuse_values_out_of_range(variable: str, value: str) -> None:
+    """The local model's sampling settings name themselves when out of range."""
+    with pytest.raises(ConfigError, match=variable.lower() + "|" + variable):
+        Settings.from_env({variable: value})

@@ -13,6 +13,7 @@ caller never has to catch another library's exceptions::
     │   └── ServerClosedError    the ChatServer is not running (not entered, or closed)
     ├── StorageError             reading or writing a dialog failed
     │   ├── CorruptDialogError   a dialog file does not parse; names the file
+    │   ├── DataDirLocked        another process owns the data dir; names it
     │   ├── DialogNotFound       no archive with that id
     │   └── StorageFullError     the disk is full (or a file size limit was hit)
     ├── ModelError               the chat model failed
@@ -45,6 +46,7 @@ __all__ = [
     "ChatSessionError",
     "ConfigError",
     "CorruptDialogError",
+    "DataDirLocked",
     "DialogNotFound",
     "InvalidMessage",
     "InvalidRequest",
@@ -111,6 +113,10 @@ class CorruptDialogError(StorageError):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+class DataDirLocked(StorageError):
+    """Another process holds the data dir's lock; the message names it (pid, address)."""
 
 
 class DialogNotFound(StorageError, LookupError):

@@ -20,6 +20,7 @@ from chatsession.models.base import ChatModel
 from chatsession.sessions import SessionManager
 from chatsession.settings import Settings
 from chatsession.storage import open_store
+from chatsession.storage._lock import DataDirLock, files_root
 from chatsession.storage._paths import check_user_id
 from chatsession.storage.base import DialogStore
 
@@ -71,6 +72,8 @@ class ChatServer:
         )
         self._events = EventEmitter()
         self._sessions = SessionManager(self.settings, self.store, self.model, self._events)
+        self.address: str | None = None  # where it serves, recorded in the data dir's lock
+        self._lock: DataDirLock | None = None
         self._state = _State.UNOPENED
         self._task_group: asyncio.TaskGroup | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -87,6 +90,12 @@ class ChatServer:
             raise RuntimeError("Cannot enter a ChatServer that is already running.")
         if self._state is _State.CLOSED:
             raise RuntimeError("Cannot reopen a ChatServer once it has been closed.")
+        # Without Redis the data dir has one owner, taken before any dialog is touched: a
+        # second process would otherwise archive this one's live dialogs as recovered.
+        root = files_root(self.store)
+        if root is not None and not getattr(self.settings, "redis_url", None):
+            self._lock = DataDirLock(root)
+            self._lock.acquire(self.address)
         if self.settings.session_debug:
             _enable_session_debug()
         self._task_group = asyncio.TaskGroup()
@@ -143,7 +152,11 @@ class ChatServer:
                 await self.model.aclose()
             finally:
                 assert self._task_group is not None
-                await self._task_group.__aexit__(None, None, None)
+                try:
+                    await self._task_group.__aexit__(None, None, None)
+                finally:
+                    if self._lock is not None:
+                        self._lock.release()
 
     @property
     def running(self) -> bool:
@@ -314,7 +327,9 @@ class _SessionsView(Mapping[str, SessionInfo]):
 def _enable_session_debug() -> None:
     session_logger = logging.getLogger("chatsession.sessions")
     session_logger.setLevel(logging.DEBUG)
-    if not logging.getLogger().handlers and not session_logger.handlers:
+    # A handler anywhere up the hierarchy (the server's, the application's) prints the
+    # lines already: a second one here would print each of them twice.
+    if not session_logger.hasHandlers():
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s session %(message)s"))
         session_logger.addHandler(handler)

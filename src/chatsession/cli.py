@@ -5,6 +5,7 @@
     chatsession serve [--host H] [--port P] [--data-dir D] [--model M] ...
     chatsession dialogs USER              list USER's archives
     chatsession show USER ARCHIVE_ID      print one archive as YAML
+    chatsession purge USER                erase USER's current dialog and every archive
 
 ``serve`` has one flag per setting, mirroring the environment variables of `Settings`
 (``--session-timeout`` takes milliseconds like ``SESSION_TIMEOUT``); a flag wins over its
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import os
 import sys
 from collections.abc import Sequence
@@ -23,7 +25,7 @@ from typing import Any
 
 from chatsession._exceptions import ChatSessionError, ConfigError
 from chatsession.domain import ArchiveSummary
-from chatsession.settings import Settings, environment_variables
+from chatsession.settings import Settings, environment_variables, setting_help
 from chatsession.storage._yaml_format import dump_dialog
 from chatsession.storage.files import YamlDialogStore
 
@@ -36,7 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the chat server (WebSocket, HTTP, SSE)")
+    serve = commands.add_parser(
+        "serve",
+        help="run the chat server (WebSocket, HTTP, SSE)",
+        description="Run the chat server. Each flag mirrors an environment variable; a "
+        "flag wins over its variable. Secrets (JWT_SECRET, OPENAI_API_KEY) are read from "
+        "the environment only. Exit codes: 0 after a graceful stop, 2 for a configuration "
+        "mistake (one line saying which).",
+    )
     _add_setting_flags(serve)
     serve.set_defaults(run=_serve)
 
@@ -50,6 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("archive_id", help="the archive id, such as 2024-01-15-10-30-00")
     _add_data_dir(show)
     show.set_defaults(run=_show_dialog)
+
+    purge = commands.add_parser(
+        "purge", help="erase a user's current dialog and every archive (server stopped)"
+    )
+    purge.add_argument("user", help="the user id")
+    purge.add_argument(
+        "--force", action="store_true", help="even if a server seems to hold the data dir"
+    )
+    _add_data_dir(purge)
+    purge.set_defaults(run=_purge_user)
     return parser
 
 
@@ -81,15 +100,38 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
                 dest=field_name,
                 action=argparse.BooleanOptionalAction,
                 default=None,
-                help=f"(${variable})",
+                help=_flag_help(variable),
             )
         else:
             parser.add_argument(
-                flag, dest=field_name, metavar=variable, default=None, help=f"(${variable})"
+                flag, dest=field_name, metavar=variable, default=None, help=_flag_help(variable)
             )
 
 
+def _flag_help(variable: str) -> str:
+    described = setting_help(variable)
+    if described is None:
+        return f"(${variable})"
+    meaning, default = described
+    # argparse expands %-sequences in help: a literal percent must be doubled.
+    return f"{meaning}; default {default} (${variable})".replace("%", "%%")
+
+
 def _serve(args: argparse.Namespace) -> int:
+    # The server's dependencies load only to serve.
+    from chatsession.web._startup import configure_logging, report_startup_error
+
+    configure_logging()  # before settings are read: they may warn
+    try:
+        settings = _settings_from(args)
+    except ConfigError as exc:
+        return report_startup_error(exc, Settings(debug=os.environ.get("DEBUG", "")))
+    from chatsession.web import serve
+
+    return serve(settings)
+
+
+def _settings_from(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}
     for field_name, parse in environment_variables().values():
         value = getattr(args, field_name, None)
@@ -102,10 +144,7 @@ def _serve(args: argparse.Namespace) -> int:
                 flag = _FLAG_NAMES.get(field_name, "--" + field_name.replace("_", "-"))
                 raise ConfigError(f"{flag} {value!r} is not accepted: {exc}") from None
         overrides[field_name] = value
-    settings = Settings.from_env(**overrides)
-    from chatsession.web import serve  # the server's dependencies load only to serve
-
-    return serve(settings)
+    return Settings.from_env(**overrides)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -152,6 +191,36 @@ def _show_dialog(args: argparse.Namespace) -> int:
     dialog = asyncio.run(store.load_archive(args.user, args.archive_id))
     sys.stdout.write(dump_dialog(dialog))
     return 0
+
+
+def _purge_user(args: argparse.Namespace) -> int:
+    if _server_holds(args.data_dir) and not args.force:
+        print(
+            f"chatsession: a server holds {args.data_dir} (its .lock is taken); erase the user "
+            "through it (DELETE /users/USER), or stop it first, or pass --force",
+            file=sys.stderr,
+        )
+        return 1
+    store = YamlDialogStore(args.data_dir)
+    removed = asyncio.run(store.purge_user(args.user))
+    print(f"erased {args.user!r}: {removed} archives and any current dialog removed")
+    return 0
+
+
+def _server_holds(data_dir: Path) -> bool:
+    """Whether a running server holds ``data_dir``'s lock file (``DATA_DIR/.lock``)."""
+    lock = data_dir / ".lock"
+    if not lock.exists():
+        return False
+    try:
+        with open(lock, "a") as file:
+            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(file.fileno(), fcntl.LOCK_UN)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return True  # cannot tell: assume the worst, --force overrides
+    return False
 
 
 if __name__ == "__main__":

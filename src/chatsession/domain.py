@@ -83,6 +83,7 @@ class ArchiveSummary:
     ended_at: datetime | None
     end_reason: str | None
     message_count: int
+    first_words: str = ""  # the start of the first user message
 
 
 @dataclass(frozen=True, slots=True)

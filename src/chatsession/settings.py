@@ -22,11 +22,16 @@ variable                       meaning                                    defaul
 ``MODEL_PATH``                 a GGUF file for the local model            SmolLM2-135M
 ``MODEL_THREADS``              CPU threads of the local model             every core
 ``MODEL_CONTEXT``              the model's context window, in tokens      4096 (local)
-``MODEL_MAX_TOKENS``           the longest reply, in tokens               ``512``
+``MODEL_MAX_TOKENS``           the longest reply, in tokens               256 (local),
+                                                                          512
 ``MODEL_TIMEOUT``              seconds an endpoint may stay silent        ``60``
 ``MODEL_RETRIES``              retries on 429 and 5xx before a reply      ``2``
 ``MODEL_QUEUE_TIMEOUT``        seconds a chat waits for the busy local    ``60``
                                model before it gives up
+``MODEL_TEMPERATURE``          local model: sampling temperature          ``0.3``
+``MODEL_TOP_P``                local model: nucleus sampling (top-p)      ``0.9``
+``MODEL_REPEAT_PENALTY``       local model: penalty on repeated tokens    ``1.2``
+                               (1.0: none)
 ``DEBUG``                      ``session:*`` turns on session debug logs  empty
 ``HOST``                       the address ``chatsession serve`` binds    ``127.0.0.1``
 ``PORT``                       the port it listens on                     ``8000``
@@ -76,6 +81,7 @@ Durability decides when a stored message reaches the disk, not whether it is wri
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -86,6 +92,8 @@ from chatsession._exceptions import ConfigError
 from chatsession._types import DURABILITY_MODES, Durability
 
 __all__ = ["Settings"]
+
+logger = logging.getLogger("chatsession.settings")
 
 _TRUE = frozenset(("1", "true", "yes", "on"))
 _FALSE = frozenset(("0", "false", "no", "off", ""))
@@ -114,10 +122,13 @@ class Settings:
     model_path: Path | None = None
     model_threads: int | None = None
     model_context: int | None = None
-    model_max_tokens: int = 512
+    model_max_tokens: int | None = None  # 256 for the local model, 512 for endpoints
     model_timeout: float = 60.0
     model_retries: int = 2
     model_queue_timeout: float = 60.0
+    model_temperature: float = 0.3
+    model_top_p: float = 0.9
+    model_repeat_penalty: float = 1.2
     debug: str = ""
     host: str = "127.0.0.1"
     port: int = 8000
@@ -141,6 +152,7 @@ class Settings:
     heartbeat_interval: float = 30.0
     ws_ping_interval: float = 20.0
     ws_ping_timeout: float = 20.0
+    archive_retention_days: float | None = None
 
     def __post_init__(self) -> None:
         if "://" in str(self.data_dir):
@@ -166,13 +178,24 @@ class Settings:
         for name in ("model_threads", "model_context"):
             if getattr(self, name) is not None and not getattr(self, name) >= 1:
                 raise ConfigError(f"{name} must be 1 or more, got {getattr(self, name)!r}")
-        if not self.model_max_tokens >= 1:
+        if self.model_max_tokens is not None and not self.model_max_tokens >= 1:
             raise ConfigError(f"model_max_tokens must be 1 or more, got {self.model_max_tokens!r}")
         if not self.model_retries >= 0:
             raise ConfigError(f"model_retries must be 0 or more, got {self.model_retries!r}")
         for name in ("model_timeout", "model_queue_timeout"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be greater than 0, got {getattr(self, name)!r}")
+        if not 0 <= self.model_temperature <= 5:
+            raise ConfigError(
+                f"model_temperature must be between 0 and 5, got {self.model_temperature!r}"
+            )
+        if not 0 < self.model_top_p <= 1:
+            raise ConfigError(f"model_top_p must be over 0 and at most 1, got {self.model_top_p!r}")
+        if not 0 < self.model_repeat_penalty <= 5:
+            raise ConfigError(
+                f"model_repeat_penalty must be over 0 and at most 5, "
+                f"got {self.model_repeat_penalty!r}"
+            )
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be between 0 and 65535, got {self.port!r}")
         if self.jwt_secret and self.jwt_public_key:
@@ -186,6 +209,9 @@ class Settings:
         for name in ("heartbeat_interval", "ws_ping_interval", "ws_ping_timeout", "header_timeout"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be greater than 0, got {getattr(self, name)!r}")
+        if self.archive_retention_days is not None and not self.archive_retention_days > 0:
+            days = self.archive_retention_days
+            raise ConfigError(f"archive_retention_days must be greater than 0, got {days!r}")
         object.__setattr__(self, "jwt_algorithms", tuple(self.jwt_algorithms))
         for name in ("cors_origins", "allowed_origins", "allowed_hosts"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
@@ -238,6 +264,35 @@ def _milliseconds(raw: str) -> float:
     if value <= 0:
         raise ValueError("expected a number of milliseconds greater than 0")
     return value / 1000
+
+
+def _session_milliseconds(variable: str) -> Callable[[str], float]:
+    """Milliseconds, as in the guide; a value under a second is taken, with a warning."""
+
+    def parse(raw: str) -> float:
+        value = _milliseconds(raw)
+        if value < 1:
+            logger.warning(
+                "%s=%s means %s milliseconds (%.3g s): %s is in milliseconds, as in the "
+                "guide; for %s seconds write %s000",
+                variable,
+                raw,
+                raw,
+                value,
+                variable,
+                raw,
+                raw,
+            )
+        return value
+
+    return parse
+
+
+def _fraction(raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError("expected a number, such as 0.9") from None
 
 
 def _seconds(raw: str) -> float:
@@ -312,14 +367,26 @@ def _positive_seconds(raw: str) -> float:
     return value
 
 
+def _days(raw: str) -> float | None:
+    if raw.lower() in ("forever", "none", "0"):
+        return None
+    value = float(raw)
+    if not value > 0:
+        raise ValueError("expected a number of days greater than 0, or 'forever'")
+    return value
+
+
 def _names(raw: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in raw.split(",") if name.strip())
 
 
 _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "DATA_DIR": ("data_dir", lambda raw: _directory(raw)),
-    "SESSION_TIMEOUT": ("session_timeout", _milliseconds),
-    "SESSION_CHECK_INTERVAL": ("session_check_interval", _milliseconds),
+    "SESSION_TIMEOUT": ("session_timeout", _session_milliseconds("SESSION_TIMEOUT")),
+    "SESSION_CHECK_INTERVAL": (
+        "session_check_interval",
+        _session_milliseconds("SESSION_CHECK_INTERVAL"),
+    ),
     "AUTO_ARCHIVE_ON_DISCONNECT": ("auto_archive_on_disconnect", _boolean),
     "DISCONNECT_GRACE": ("disconnect_grace", _seconds),
     "SHUTDOWN_GRACE": ("shutdown_grace", _seconds),
@@ -336,6 +403,9 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "MODEL_TIMEOUT": ("model_timeout", _positive_seconds),
     "MODEL_RETRIES": ("model_retries", _count),
     "MODEL_QUEUE_TIMEOUT": ("model_queue_timeout", _positive_seconds),
+    "MODEL_TEMPERATURE": ("model_temperature", _fraction),
+    "MODEL_TOP_P": ("model_top_p", _fraction),
+    "MODEL_REPEAT_PENALTY": ("model_repeat_penalty", _fraction),
     "DEBUG": ("debug", str),
     "HOST": ("host", _nonempty),
     "PORT": ("port", _port),
@@ -359,9 +429,60 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "HEARTBEAT_INTERVAL": ("heartbeat_interval", _positive_seconds),
     "WS_PING_INTERVAL": ("ws_ping_interval", _positive_seconds),
     "WS_PING_TIMEOUT": ("ws_ping_timeout", _positive_seconds),
+    "ARCHIVE_RETENTION_DAYS": ("archive_retention_days", _days),
+}
+
+
+# Each variable's meaning with its unit, and its default as written in the environment
+# (``chatsession serve --help`` shows them).
+_HELP: dict[str, tuple[str, str]] = {
+    "DATA_DIR": ("where dialogs live, a directory", "data"),
+    "SESSION_TIMEOUT": ("inactivity before a session ends, in milliseconds", "300000"),
+    "SESSION_CHECK_INTERVAL": ("how often idle sessions are swept, in milliseconds", "30000"),
+    "AUTO_ARCHIVE_ON_DISCONNECT": ("end a session when its last connection closes", "true"),
+    "DISCONNECT_GRACE": ("seconds a reconnect may take and keep the session", "0"),
+    "SHUTDOWN_GRACE": ("seconds shutdown waits for replies still streaming", "10"),
+    "DURABILITY": ("when messages reach the disk: always, batch or never", "batch"),
+    "FSYNC_INTERVAL": ("milliseconds between flushes under batch", "200"),
+    "CHAT_MODEL": ("the model: auto, local, openai:<model> or echo", "auto"),
+    "SYSTEM_PROMPT": ("the system message sent before the dialog", "none"),
+    "OPENAI_BASE_URL": ("an OpenAI-compatible endpoint, ending in /v1", "OpenAI's"),
+    "OPENAI_API_KEY": ("the endpoint's API key (environment only)", "none"),
+    "MODEL_PATH": ("a GGUF file for the local model", "SmolLM2-135M"),
+    "MODEL_THREADS": ("CPU threads of the local model", "every core"),
+    "MODEL_CONTEXT": ("the model's context window, in tokens", "4096 (local)"),
+    "MODEL_MAX_TOKENS": ("the longest reply, in tokens", "256 (local), 512 (endpoints)"),
+    "MODEL_TIMEOUT": ("seconds an endpoint may take to connect or stay silent", "60"),
+    "MODEL_RETRIES": ("retries of requests refused with 429 or 5xx", "2"),
+    "MODEL_QUEUE_TIMEOUT": ("seconds a chat waits for the busy local model", "60"),
+    "MODEL_TEMPERATURE": ("local model: sampling temperature, 0 to 5", "0.3"),
+    "MODEL_TOP_P": ("local model: nucleus sampling, over 0 and at most 1", "0.9"),
+    "MODEL_REPEAT_PENALTY": ("local model: penalty on repeated tokens, 1.0 for none", "1.2"),
+    "DEBUG": ("session:* logs every session start and end", "none"),
+    "HOST": ("the address to listen on", "127.0.0.1"),
+    "PORT": ("the port to listen on", "8000"),
+    "JWT_SECRET": ("HS256 secret: turns on JWT authentication (environment only)", "none"),
+    "JWT_PUBLIC_KEY": ("RS256/ES256 public key, a PEM or its path: turns on JWT", "none"),
+    "JWT_ALGORITHMS": ("accepted JWT algorithms, comma-separated", "by key kind"),
+    "JWT_AUDIENCE": ("required aud claim", "none"),
+    "JWT_ISSUER": ("required iss claim", "none"),
+    "JWT_ADMIN_CLAIM": ("the claim that makes a user an admin when true", "admin"),
+    "TRUSTED_PROXY": ("trust x-user-id on any address (a proxy authenticates)", "false"),
+    "CORS_ORIGINS": ("origins allowed by CORS, comma-separated", "none"),
+    "MAX_MESSAGE_BYTES": ("largest WebSocket frame or HTTP body, in bytes", "65536"),
+    "RATE_LIMIT": ("chat messages per minute per user, 0 for no limit", "60"),
+    "MAX_CONNECTIONS_PER_USER": ("open WebSocket and SSE connections per user", "8"),
+    "HEARTBEAT_INTERVAL": ("seconds between SSE heartbeats", "30"),
+    "WS_PING_INTERVAL": ("seconds between WebSocket pings", "20"),
+    "WS_PING_TIMEOUT": ("seconds to wait for a WebSocket pong", "20"),
 }
 
 
 def environment_variables() -> dict[str, tuple[str, Callable[[str], Any]]]:
     """Each environment variable's setting name and parser (the CLI mirrors them)."""
     return dict(_ENVIRONMENT)
+
+
+def setting_help(variable: str) -> tuple[str, str] | None:
+    """A variable's meaning (with its unit) and its default as written; None if unknown."""
+    return _HELP.get(variable)

@@ -117,3 +117,24 @@ async def test_archive_ids_cannot_reach_outside_the_users_archive(live: LiveFact
         dialog = await server.store().load_current("alice")
         assert dialog is not None
         assert len(dialog.messages) == 2
+
+
+async def test_development_mode_401_says_what_to_send(live: LiveFactory) -> None:
+    """Without an identity, dev mode's 401 names the x-user-id header and ?userId=."""
+    async with live() as server, httpx.AsyncClient(base_url=server.url) as http:
+        reply = await http.post("/chat", json={"message": "hi"})
+        assert reply.status_code == 401
+        assert reply.json() == {
+            "error": "User not authenticated",
+            "hint": "development mode: send an x-user-id header, or ?userId= for browsers",
+        }
+
+
+async def test_unknown_routes_and_methods_answer_in_the_apis_error_shape(live: LiveFactory) -> None:
+    """404 and 405 are {"error": ...}, like every other error of the API."""
+    async with live() as server, httpx.AsyncClient(base_url=server.url) as http:
+        missing = await http.get("/no-such-route")
+        assert (missing.status_code, missing.json()) == (404, {"error": "Not Found"})
+        wrong = await http.put("/health")
+        assert (wrong.status_code, wrong.json()) == (405, {"error": "Method Not Allowed"})
+        assert "GET" in wrong.headers["allow"]

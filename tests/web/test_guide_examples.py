@@ -43,7 +43,8 @@ async def test_http_example_chats_and_sigterm_archives(tmp_path: pytest.TempPath
         async with httpx.AsyncClient(base_url=process.url) as http:
             anonymous = await http.post("/chat", json={"message": "hi"})
             assert anonymous.status_code == 401
-            assert anonymous.json() == {"error": "User not authenticated"}
+            assert anonymous.json()["error"] == "User not authenticated"
+            assert "x-user-id" in anonymous.json()["hint"]  # development mode says what to send
             reply = await http.post(
                 "/chat", json={"message": "hi", "jsonOutput": False}, headers={"x-user-id": "bob"}
             )

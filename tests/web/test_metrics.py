@@ -6,7 +6,7 @@ import random
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from chatsession.web.metrics import Metrics
+from chatsession.web.metrics import Metrics, MinuteSeries
 
 
 def _lines(text: bytes, prefix: str) -> list[str]:
@@ -45,3 +45,22 @@ def test_messages_are_counted_by_transport() -> None:
     assert 'chatsession_messages_total{transport="websocket"} 2.0' in text
     assert 'chatsession_messages_total{transport="http"} 1.0' in text
     assert 'chatsession_messages_total{transport="sse"} 1.0' in text
+
+
+def test_the_last_hour_is_a_fixed_ring_of_minutes() -> None:
+    """MinuteSeries keeps 60 minutes, fills quiet minutes with zeros and drops older ones."""
+    now = [600.0]
+    series = MinuteSeries(clock=lambda: now[0])
+    series.now().started += 1
+    now[0] += 61
+    series.now().ended["timeout"] = 2
+    hour = series.last_hour()
+    assert len(hour) == 60
+    assert [m.started for m in hour[-2:]] == [1, 0]
+    assert hour[-1].ended == {"timeout": 2}
+    assert hour[-1].start - hour[0].start == 59 * 60
+    for _ in range(100):
+        now[0] += 60
+        series.now().started += 1
+    assert [m.started for m in series.last_hour()] == [1] * 60
+    assert len(series._ring) == 60

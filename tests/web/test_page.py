@@ -21,11 +21,15 @@ CHROMIUM_ARGS = [
 
 
 async def test_page_is_served(live: LiveFactory) -> None:
-    """GET / is an HTML chat page that talks to /ws."""
+    """GET / is the console page; its script, served by the app itself, talks to /ws."""
     async with live() as server, httpx.AsyncClient(base_url=server.url) as http:
         page = await http.get("/")
         assert page.headers["content-type"].startswith("text/html")
-        assert "/ws?" in page.text
+        assert '<script src="/static/console.js">' in page.text
+        script = await http.get("/static/console.js")
+        assert script.headers["content-type"].startswith("text/javascript")
+        assert "/ws?" in script.text
+        assert (await http.get("/static/nothing.js")).status_code == 404
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")

@@ -24,6 +24,11 @@ __all__ = ["ChatModel", "EchoModel", "load_model", "resolve_model_spec"]
 
 logger = logging.getLogger("chatsession.models")
 
+# The longest reply when MODEL_MAX_TOKENS is not set. A chat reply of a small local model
+# that runs past 256 tokens has almost always lost its thread.
+LOCAL_MAX_TOKENS = 256
+ENDPOINT_MAX_TOKENS = 512
+
 
 def resolve_model_spec(spec: str, settings: Settings) -> str:
     """``spec`` with ``auto`` resolved: ``local`` where it is installed, else ``echo``."""
@@ -55,9 +60,12 @@ def load_model(spec: str, settings: Settings | None = None) -> ChatModel:
             settings.model_path,
             threads=settings.model_threads,
             context_window=settings.model_context,
-            max_tokens=settings.model_max_tokens,
+            max_tokens=settings.model_max_tokens or LOCAL_MAX_TOKENS,
             system_prompt=settings.system_prompt,
             queue_timeout=settings.model_queue_timeout,
+            temperature=settings.model_temperature,
+            top_p=settings.model_top_p,
+            repeat_penalty=settings.model_repeat_penalty,
         )
     if name.startswith("openai:"):
         from chatsession.models.openai import OpenAIModel
@@ -68,7 +76,7 @@ def load_model(spec: str, settings: Settings | None = None) -> ChatModel:
             api_key=settings.openai_api_key,
             system_prompt=settings.system_prompt,
             context_window=settings.model_context,
-            max_tokens=settings.model_max_tokens,
+            max_tokens=settings.model_max_tokens or ENDPOINT_MAX_TOKENS,
             timeout=settings.model_timeout,
             retries=settings.model_retries,
         )

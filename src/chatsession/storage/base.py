@@ -49,6 +49,15 @@ class DialogStore(Protocol):
     async def list_archives(self, user_id: str) -> list[ArchiveSummary]:
         """The user's archives, oldest first."""
 
+    async def search_archives(self, user_id: str, query: str) -> list[ArchiveSummary]:
+        """The user's archives whose messages contain every word of ``query``, oldest first."""
+
+    async def purge_user(self, user_id: str) -> int:
+        """Remove the user's current dialog and every archive; return how many archives."""
+
+    async def expire_archives(self, before: datetime) -> list[tuple[str, str]]:
+        """Delete every archive made before ``before``; return (user id, archive id) pairs."""
+
     async def load_archive(self, user_id: str, archive_id: str) -> Dialog:
         """One archived dialog; `DialogNotFound` if there is no such archive."""
 

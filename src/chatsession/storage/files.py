@@ -34,6 +34,7 @@ import functools
 import logging
 import os
 import re
+import shutil
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,7 +50,14 @@ from chatsession._exceptions import (
 from chatsession._types import Durability, EndReason
 from chatsession.domain import ArchiveSummary, Dialog, Message
 from chatsession.storage import _yaml_format as fmt
-from chatsession.storage._open_dialogs import OpenDialog, OpenDialogs, default_limit
+from chatsession.storage._index import ArchiveIndex
+from chatsession.storage._journal import ArchiveJournal, ExpiredArchive
+from chatsession.storage._open_dialogs import (
+    DialogFileGone,
+    OpenDialog,
+    OpenDialogs,
+    default_limit,
+)
 from chatsession.storage._paths import directory_name, user_id_from_directory
 
 __all__ = ["YamlDialogStore"]
@@ -90,6 +98,7 @@ class YamlDialogStore:
         limit = default_limit() if max_open_dialogs is None else max_open_dialogs
         self._open = OpenDialogs(limit)
         self._closed = False
+        self._journal = ArchiveJournal(self.root)
 
     def dialogs_dir(self, user_id: str) -> Path:
         """The directory holding one user's dialogs (validates the user id)."""
@@ -160,6 +169,29 @@ class YamlDialogStore:
             raise DialogNotFound(f"user {user_id!r} has no archive {archive_id!r}") from None
         except OSError as exc:
             raise StorageError(f"cannot delete {path}: {exc.strerror}") from exc
+
+    async def purge_user(self, user_id: str) -> int:
+        self._open.close(user_id)
+        user_directory = self.dialogs_dir(user_id).parent
+        return await asyncio.to_thread(_purge, user_directory)
+
+    async def expire_archives(self, before: datetime) -> list[tuple[str, str]]:
+        users = Path(self._users)
+
+        def delete(user_directory: str, archive_id: str) -> bool:
+            if not (_is_user_directory(user_directory) and _ARCHIVE_ID.fullmatch(archive_id)):
+                return False  # a foreign line never names a path outside the data dir
+            path = users / user_directory / "dialogs" / ARCHIVED / f"{archive_id}.yaml"
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                return False
+            return True
+
+        expired: list[ExpiredArchive] = await asyncio.to_thread(
+            self._journal.expire, before, delete
+        )
+        return [(user_id_from_directory(e.user_directory) or "", e.archive_id) for e in expired]
 
     async def flush(self) -> None:
         if not self._unsynced:
@@ -297,6 +329,7 @@ class YamlDialogStore:
             self._unsynced.discard(str(path))
             self._unsynced.add(str(archived / f"{archive_id}.yaml"))
         archive = archived / f"{archive_id}.yaml"
+        self._journal.record(directory.parent.name, archive_id)
         try:
             self._directory_changed(archived)  # the archive's name is durable first
             path.unlink()
@@ -331,8 +364,14 @@ class YamlDialogStore:
             return None
 
     async def list_archives(self, user_id: str) -> list[ArchiveSummary]:
+        return await asyncio.to_thread(self._index(user_id).summaries)
+
+    async def search_archives(self, user_id: str, query: str) -> list[ArchiveSummary]:
+        return await asyncio.to_thread(self._index(user_id).search, query)
+
+    def _index(self, user_id: str) -> ArchiveIndex:
         directory = self.dialogs_dir(user_id) / ARCHIVED
-        return await asyncio.to_thread(_summaries, directory)
+        return ArchiveIndex(directory, _load, _archive_order, _ARCHIVE_ID)
 
     async def load_archive(self, user_id: str, archive_id: str) -> Dialog:
         path = self._archive_path(user_id, archive_id)
@@ -454,37 +493,20 @@ def _load(path: Path) -> Dialog:
     return fmt.parse_dialog(text, path)
 
 
-def _summaries(directory: Path) -> list[ArchiveSummary]:
+def _purge(user_directory: Path) -> int:
+    """Remove a user's directory (current dialog, archives, index); count the archives."""
+    archived = user_directory / "dialogs" / ARCHIVED
     try:
-        names = sorted(
-            (name for name in os.listdir(directory) if name.endswith(".yaml")),
-            key=_archive_order,
-        )
+        count = sum(1 for name in os.listdir(archived) if name.endswith(".yaml"))
     except FileNotFoundError:
-        return []
-    summaries: list[ArchiveSummary] = []
-    for name in names:
-        archive_id = name.removesuffix(".yaml")
-        if not _ARCHIVE_ID.fullmatch(archive_id):
-            continue
-        try:
-            dialog = _load(directory / name)
-        except CorruptDialogError as exc:
-            logger.error("skipping unreadable archive %s", exc)
-            continue
-        except FileNotFoundError:
-            continue  # deleted while listing
-        summaries.append(
-            ArchiveSummary(
-                archive_id=archive_id,
-                session_id=dialog.session_id,
-                started_at=dialog.started_at,
-                ended_at=dialog.ended_at,
-                end_reason=dialog.end_reason,
-                message_count=len(dialog.messages),
-            )
-        )
-    return summaries
+        count = 0
+    try:
+        shutil.rmtree(user_directory)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise _storage_error(exc, user_directory) from exc
+    return count
 
 
 def _archive_order(name: str) -> tuple[str, int]:
@@ -550,6 +572,8 @@ def _fsync_directory(directory: Path) -> None:
 
 
 def _storage_error(exc: OSError, path: Path | str) -> StorageError:
+    if isinstance(exc, DialogFileGone):
+        return StorageError(f"{exc}; the message was not stored")
     if exc.errno in _FULL_DISK:
         return StorageFullError(f"{path}: the disk is full ({exc.strerror}); nothing was stored")
     return StorageError(f"{path}: {exc.strerror or exc}")

@@ -9,6 +9,7 @@ from datetime import datetime
 from chatsession._exceptions import DialogNotFound
 from chatsession._types import EndReason
 from chatsession.domain import ArchiveSummary, Dialog, Message, utc_now
+from chatsession.storage._index import first_words, matches, query_words, searchable_text
 from chatsession.storage._paths import check_user_id
 
 __all__ = ["MemoryDialogStore"]
@@ -59,17 +60,29 @@ class MemoryDialogStore:
 
     async def list_archives(self, user_id: str) -> list[ArchiveSummary]:
         archives = self._archives.get(check_user_id(user_id), {})
+        return [_summary(archive_id, dialog) for archive_id, dialog in sorted(archives.items())]
+
+    async def search_archives(self, user_id: str, query: str) -> list[ArchiveSummary]:
+        archives = self._archives.get(check_user_id(user_id), {})
+        words = query_words(query)
         return [
-            ArchiveSummary(
-                archive_id=archive_id,
-                session_id=dialog.session_id,
-                started_at=dialog.started_at,
-                ended_at=dialog.ended_at,
-                end_reason=dialog.end_reason,
-                message_count=len(dialog.messages),
-            )
+            _summary(archive_id, dialog)
             for archive_id, dialog in sorted(archives.items())
+            if matches(searchable_text(dialog), words)
         ]
+
+    async def purge_user(self, user_id: str) -> int:
+        self._current.pop(check_user_id(user_id), None)
+        return len(self._archives.pop(user_id, {}))
+
+    async def expire_archives(self, before: datetime) -> list[tuple[str, str]]:
+        expired: list[tuple[str, str]] = []
+        for user_id, archives in self._archives.items():
+            for archive_id, dialog in list(archives.items()):
+                if dialog.ended_at is not None and dialog.ended_at < before:
+                    del archives[archive_id]
+                    expired.append((user_id, archive_id))
+        return expired
 
     async def load_archive(self, user_id: str, archive_id: str) -> Dialog:
         try:
@@ -94,3 +107,15 @@ class MemoryDialogStore:
 
     async def aclose(self) -> None:
         pass
+
+
+def _summary(archive_id: str, dialog: Dialog) -> ArchiveSummary:
+    return ArchiveSummary(
+        archive_id=archive_id,
+        session_id=dialog.session_id,
+        started_at=dialog.started_at,
+        ended_at=dialog.ended_at,
+        end_reason=dialog.end_reason,
+        message_count=len(dialog.messages),
+        first_words=first_words(dialog),
+    )

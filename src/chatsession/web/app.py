@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -9,17 +10,31 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from chatsession._exceptions import ChatSessionError, StorageError
+from chatsession._exceptions import AuthenticationError, ChatSessionError, StorageError
 from chatsession.chatserver import ChatServer
+from chatsession.domain import SessionEvent
 from chatsession.models.base import ChatModel
+from chatsession.retention import run_retention
 from chatsession.settings import Settings
 from chatsession.storage import open_store
 from chatsession.storage.base import DialogStore
-from chatsession.web import dialogs, health, http_chat, page, sse, ws
+from chatsession.web import (
+    admin,
+    archives,
+    console_api,
+    dialogs,
+    health,
+    http_chat,
+    page,
+    sse,
+    ws,
+)
 from chatsession.web._guards import RequestGuard
 from chatsession.web._state import WebState
 from chatsession.web.auth import Authenticator
@@ -29,7 +44,7 @@ from chatsession.web.metrics import Metrics, TimedStore
 from chatsession.web.protocol import client_message, event_frame, status_of
 from chatsession.web.shutdown import Drain
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "create_app_from_env"]
 
 logger = logging.getLogger("chatsession.web")
 
@@ -40,10 +55,14 @@ def create_app(
     store: DialogStore | None = None,
     model: ChatModel | None = None,
     drain: Drain | None = None,
+    address: str | None = None,
 ) -> FastAPI:
     """The chat server's ASGI app; its lifespan runs a `ChatServer` over ``settings``.
 
     ``drain`` is the switch a server throws at shutdown (see `chatsession.web.shutdown`).
+    ``address`` is where the app is served, recorded as the data dir's owner. A
+    `ChatSessionError` that stops the lifespan's start is kept in ``app.state.startup_error``
+    for the server to report.
     """
     settings = settings if settings is not None else Settings()
     auth = Authenticator(settings)  # a bad JWT configuration fails here, before serving
@@ -52,13 +71,18 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         metrics = Metrics()
-        chosen = store if store is not None else open_store(settings.data_dir, settings.durability)
         channels = Channels()
-        async with ChatServer(settings, store=TimedStore(chosen, metrics), model=model) as chat:
+        try:
+            chosen = store or open_store(settings.data_dir, settings.durability)
+            chat = ChatServer(settings, store=TimedStore(chosen, metrics), model=model)
+            chat.address = address
+            await chat.__aenter__()  # takes the data dir's lock, then recovers
+        except ChatSessionError as exc:
+            app.state.startup_error = exc
+            raise
+        try:
             metrics.watch(chat)
-            chat.on(
-                "session_event", lambda event: channels.publish(event.user_id, event_frame(event))
-            )
+            chat.on("session_event", lambda event: _publish_event(channels, event))
             drain.attach(chat)
             web = WebState(
                 settings=settings,
@@ -70,21 +94,31 @@ def create_app(
                 metrics=metrics,
                 drain=drain,
             )
+            retention = _start_retention(settings, chat.store, metrics)
             try:
                 yield {"web": web}
             finally:
                 drain.attach(None)
+                if retention is not None:
+                    retention.cancel()
+                    await asyncio.gather(retention, return_exceptions=True)
+        finally:
+            await chat.aclose()
 
     app = FastAPI(
         title="chatsession",
         lifespan=lifespan,
-        docs_url=None,
+        docs_url=None,  # FastAPI's docs page loads from a CDN; `page` serves an offline one
         redoc_url=None,
-        openapi_url=None,
+        openapi_url="/openapi.json",
     )
-    for module in (ws, http_chat, sse, dialogs, health, page):
+    # /archives/export before /dialogs/{id}; the console's routes before the page's.
+    for module in (ws, http_chat, sse, archives, dialogs, console_api, admin, health, page):
         app.include_router(module.router)
+    app.state.startup_error = None
     app.add_exception_handler(ChatSessionError, _error_response)  # type: ignore[arg-type]
+    app.add_exception_handler(HTTPException, _http_error_response)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _invalid_request)  # type: ignore[arg-type]
     app.add_middleware(SessionHeaderMiddleware)
     if settings.cors_origins:
         app.add_middleware(
@@ -99,11 +133,67 @@ def create_app(
     return app
 
 
+def create_app_from_env() -> FastAPI:
+    """The app configured from the environment, for ASGI servers' ``--factory`` option.
+
+    ``uvicorn 'chatsession.web:create_app_from_env' --factory``; gunicorn with uvicorn
+    workers and hypercorn take the same import string. Signals belong to that server:
+    under stock uvicorn a WebSocket closed by its shutdown (1012) still archives its
+    session as ``shutdown``.
+    """
+    return create_app(Settings.from_env())
+
+
+# What development mode trusts, said to a caller who sent neither.
+_DEV_HINT = "development mode: send an x-user-id header, or ?userId= for browsers"
+
+
+def _publish_event(channels: Channels, event: SessionEvent) -> None:
+    frame = event_frame(event)
+    channels.publish(event.user_id, frame)  # SSE streams
+    channels.publish(ws.session_events_channel(event.user_id), frame)  # WebSocket pages
+
+
 async def _error_response(request: Request, exc: ChatSessionError) -> Response:
     status = status_of(exc)
     if status == 500 or isinstance(exc, StorageError):  # the log names the file; not the client
         logger.error("request %s %s failed: %s", request.method, request.url.path, exc)
-    return JSONResponse({"error": client_message(exc)}, status_code=status)
+    body = {"error": client_message(exc)}
+    web = getattr(request.state, "web", None)
+    dev = isinstance(web, WebState) and web.settings.auth_mode == "dev"
+    if isinstance(exc, AuthenticationError) and dev:
+        body["hint"] = _DEV_HINT
+    return JSONResponse(body, status_code=status)
+
+
+async def _http_error_response(request: Request, exc: HTTPException) -> Response:
+    # Unknown routes and methods answer in the API's own shape, not FastAPI's {"detail"}.
+    return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _invalid_request(request: Request, exc: RequestValidationError) -> Response:
+    # A query parameter out of range: the API's own error shape, not FastAPI's "detail".
+    problems = "; ".join(
+        f"{'.'.join(str(part) for part in error['loc'][1:])}: {error['msg']}"
+        for error in exc.errors()
+    )
+    return JSONResponse({"error": problems or "invalid request"}, status_code=422)
+
+
+def _start_retention(
+    settings: Settings, store: DialogStore, metrics: Metrics
+) -> asyncio.Task[None] | None:
+    """The retention sweep, when ``ARCHIVE_RETENTION_DAYS`` is set; the lifespan owns it."""
+    if settings.archive_retention_days is None:
+        return None
+    return asyncio.ensure_future(
+        run_retention(
+            store,
+            settings.archive_retention_days,
+            settings.session_check_interval,
+            metrics.archives_expired.inc,
+        )
+    )
 
 
 class SessionHeaderMiddleware:

@@ -9,18 +9,33 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
+from pydantic import BaseModel
 from starlette.responses import JSONResponse, Response
 
 from chatsession._exceptions import PermissionDenied
 from chatsession.domain import ArchiveSummary, Dialog, Message, SessionInfo
 from chatsession.web._state import identify, web_state
 
-__all__ = ["router"]
+__all__ = ["ERRORS", "dialog_json", "owner", "router", "session_json", "summary_json"]
 
-router = APIRouter()
+router = APIRouter(tags=["dialogs"])
 
 
-def _owner(request: Request) -> str:
+class ErrorBody(BaseModel):
+    """Every error of the API: a sentence saying what went wrong."""
+
+    error: str
+
+
+# The errors a caller of the dialog and console API may get, for the OpenAPI schema.
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "no identity, or a token that does not verify"},
+    403: {"model": ErrorBody, "description": "another user's data, or not an admin"},
+    404: {"model": ErrorBody, "description": "no such archive"},
+}
+
+
+def owner(request: Request) -> str:
     identity = identify(request)
     wanted = request.query_params.get("userId")
     if wanted is None or wanted == identity.user_id:
@@ -30,44 +45,48 @@ def _owner(request: Request) -> str:
     return wanted
 
 
-@router.get("/dialogs")
+@router.get("/dialogs", responses=ERRORS)
 async def list_dialogs(request: Request) -> Response:
-    user_id = _owner(request)
+    """The caller's archives, oldest first (the console pages them with ``/archives``)."""
+    user_id = owner(request)
     archives = await web_state(request).chat.list_archives(user_id)
-    return JSONResponse({"userId": user_id, "archives": [_summary(a) for a in archives]})
+    return JSONResponse({"userId": user_id, "archives": [summary_json(a) for a in archives]})
 
 
-@router.get("/dialogs/current")
+@router.get("/dialogs/current", responses=ERRORS)
 async def current_dialog(request: Request) -> Response:
-    user_id = _owner(request)
+    """The caller's current dialog, or null."""
+    user_id = owner(request)
     dialog = await web_state(request).chat.get_current_dialog(user_id)
-    return JSONResponse({"userId": user_id, "dialog": _dialog(dialog) if dialog else None})
+    return JSONResponse({"userId": user_id, "dialog": dialog_json(dialog) if dialog else None})
 
 
-@router.get("/dialogs/{archive_id}")
+@router.get("/dialogs/{archive_id}", responses=ERRORS)
 async def get_dialog(request: Request, archive_id: str) -> Response:
-    user_id = _owner(request)
+    """One archived dialog, read-only."""
+    user_id = owner(request)
     dialog = await web_state(request).chat.get_archive(user_id, archive_id)
-    return JSONResponse({"userId": user_id, "archiveId": archive_id, "dialog": _dialog(dialog)})
+    return JSONResponse({"userId": user_id, "archiveId": archive_id, "dialog": dialog_json(dialog)})
 
 
-@router.delete("/dialogs/{archive_id}")
+@router.delete("/dialogs/{archive_id}", responses=ERRORS)
 async def delete_dialog(request: Request, archive_id: str) -> Response:
-    user_id = _owner(request)
+    """Delete one archive."""
+    user_id = owner(request)
     await web_state(request).chat.delete_archive(user_id, archive_id)
     return Response(status_code=204)
 
 
-@router.get("/sessions")
+@router.get("/sessions", responses=ERRORS)
 async def list_sessions(request: Request) -> Response:
     """Every active session (the guide's "monitor session states"); admins only."""
     if not identify(request).admin:
         raise PermissionDenied("listing sessions needs admin rights")
     sessions = list(web_state(request).chat.sessions.values())
-    return JSONResponse({"count": len(sessions), "sessions": [_session(s) for s in sessions]})
+    return JSONResponse({"count": len(sessions), "sessions": [session_json(s) for s in sessions]})
 
 
-def _summary(archive: ArchiveSummary) -> dict[str, Any]:
+def summary_json(archive: ArchiveSummary) -> dict[str, Any]:
     return {
         "archiveId": archive.archive_id,
         "sessionId": archive.session_id,
@@ -75,10 +94,11 @@ def _summary(archive: ArchiveSummary) -> dict[str, Any]:
         "endedAt": archive.ended_at.isoformat() if archive.ended_at else None,
         "endReason": archive.end_reason,
         "messageCount": archive.message_count,
+        "firstWords": archive.first_words,
     }
 
 
-def _dialog(dialog: Dialog) -> dict[str, Any]:
+def dialog_json(dialog: Dialog) -> dict[str, Any]:
     return {
         "userId": dialog.user_id,
         "sessionId": dialog.session_id,
@@ -104,7 +124,7 @@ def _message(message: Message) -> dict[str, Any]:
     return out
 
 
-def _session(info: SessionInfo) -> dict[str, Any]:
+def session_json(info: SessionInfo) -> dict[str, Any]:
     return {
         "userId": info.user_id,
         "sessionId": info.session_id,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -19,7 +21,7 @@ from chatsession.storage.base import DialogStore
 if TYPE_CHECKING:
     from chatsession.chatserver import ChatServer
 
-__all__ = ["Metrics", "TimedStore"]
+__all__ = ["Metrics", "Minute", "MinuteSeries", "TimedStore"]
 
 
 class Metrics:
@@ -59,8 +61,14 @@ class Metrics:
             "Time from a chat message to the first chunk of its reply.",
             (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
+        self.archives_expired = Counter(
+            "chatsession_archives_expired",
+            "Archives deleted by retention (ARCHIVE_RETENTION_DAYS).",
+            registry=self.registry,
+        )
         for collector in (self.messages, self.model_seconds, self.first_chunk_seconds):
             self.registry.register(collector)
+        self.recent = MinuteSeries()
 
     def watch(self, chat: ChatServer) -> None:
         """Count ``chat``'s sessions as they start and end."""
@@ -70,11 +78,58 @@ class Metrics:
     def _on_event(self, event: SessionEvent) -> None:
         if event.type == "session_started":
             self.sessions_started.inc()
+            self.recent.now().started += 1
         elif event.type == "session_ended":
-            self.sessions_ended.labels(event.reason or "unknown").inc()
+            reason = event.reason or "unknown"
+            self.sessions_ended.labels(reason).inc()
+            ended = self.recent.now().ended
+            ended[reason] = ended.get(reason, 0) + 1
+
+    def observe_archive(self, seconds: float) -> None:
+        self.archive_seconds.observe(seconds)
+        minute = self.recent.now()
+        minute.archives += 1
+        minute.archive_seconds += seconds
+        minute.archive_max = max(minute.archive_max, seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+@dataclass(slots=True)
+class Minute:
+    """What happened in one minute (UTC), for the admin view's charts."""
+
+    start: int  # seconds since the epoch, a multiple of 60
+    started: int = 0
+    ended: dict[str, int] = field(default_factory=dict)
+    archives: int = 0
+    archive_seconds: float = 0.0
+    archive_max: float = 0.0
+
+
+class MinuteSeries:
+    """A ring of the last ``minutes`` minutes: memory stays fixed however long it runs."""
+
+    def __init__(self, minutes: int = 60, clock: Callable[[], float] = time.time) -> None:
+        self.minutes = minutes
+        self._clock = clock
+        self._ring: deque[Minute] = deque(maxlen=minutes)
+
+    def now(self) -> Minute:
+        start = int(self._clock()) // 60 * 60
+        if not self._ring or self._ring[-1].start != start:
+            self._ring.append(Minute(start))
+        return self._ring[-1]
+
+    def last_hour(self) -> list[Minute]:
+        """One entry per minute, oldest first, ending with the current minute (gaps filled)."""
+        end = int(self._clock()) // 60 * 60
+        by_start = {m.start: m for m in self._ring}
+        return [
+            by_start.get(start, Minute(start))
+            for start in range(end - 60 * (self.minutes - 1), end + 1, 60)
+        ]
 
 
 class _CountsByLabel(Collector):
@@ -122,7 +177,7 @@ class TimedStore:
 
     def __init__(self, store: DialogStore, metrics: Metrics) -> None:
         self.store = store
-        self._seconds = metrics.archive_seconds
+        self._observe = metrics.observe_archive
         # Every chat turn appends twice: the store's own method, not a wrapper around it.
         self.append = store.append
 
@@ -136,10 +191,19 @@ class TimedStore:
         try:
             return await self.store.archive_current(user_id, ended_at=ended_at, reason=reason)
         finally:
-            self._seconds.observe(time.perf_counter() - started)
+            self._observe(time.perf_counter() - started)
 
     async def list_archives(self, user_id: str) -> list[ArchiveSummary]:
         return await self.store.list_archives(user_id)
+
+    async def search_archives(self, user_id: str, query: str) -> list[ArchiveSummary]:
+        return await self.store.search_archives(user_id, query)
+
+    async def purge_user(self, user_id: str) -> int:
+        return await self.store.purge_user(user_id)
+
+    async def expire_archives(self, before: datetime) -> list[tuple[str, str]]:
+        return await self.store.expire_archives(before)
 
     async def load_archive(self, user_id: str, archive_id: str) -> Dialog:
         return await self.store.load_archive(user_id, archive_id)

@@ -35,6 +35,7 @@ __all__ = [
     "ChatRequest",
     "Frame",
     "PingRequest",
+    "StopRequest",
     "chunk_frame",
     "client_message",
     "encode_frame",
@@ -74,14 +75,23 @@ class PingRequest:
     """An application-level ping (the WebSocket protocol has its own, too)."""
 
 
-def parse_ws_frame(data: str | bytes, max_bytes: int) -> ChatRequest | PingRequest:
+@dataclass(frozen=True, slots=True)
+class StopRequest:
+    """Stop the reply that is streaming, if any; it is stored as far as it got."""
+
+
+def parse_ws_frame(data: str | bytes, max_bytes: int) -> ChatRequest | PingRequest | StopRequest:
     """A WebSocket frame as a request; raises a `RequestError` saying what is wrong."""
     document = _load(data, max_bytes)
     kind = document.get("type", "chat")
     if kind == "ping":
         return PingRequest()
+    if kind == "stop":
+        return StopRequest()
     if kind != "chat":
-        raise BadRequest(f"unknown message type {kind!r}; send 'chat' (the default) or 'ping'")
+        raise BadRequest(
+            f"unknown message type {kind!r}; send 'chat' (the default), 'ping' or 'stop'"
+        )
     return _chat_request(document, "text")
 
 

@@ -17,15 +17,22 @@ import os
 import resource
 import signal
 import socket
-import sys
 from collections.abc import Generator
 
 import uvicorn
 
-from chatsession._exceptions import ConfigError
-from chatsession.models import resolve_model_spec
+from chatsession._exceptions import ChatSessionError
+from chatsession.models import load_model
+from chatsession.models.base import ChatModel
 from chatsession.settings import Settings
 from chatsession.web._protocols import RefusingWebSocketProtocol, bounded_http_protocol
+from chatsession.web._startup import (
+    bind_socket,
+    check_data_dir,
+    configure_logging,
+    display_host,
+    report_startup_error,
+)
 from chatsession.web.app import create_app
 from chatsession.web.auth import check_bind
 from chatsession.web.shutdown import Drain
@@ -49,6 +56,25 @@ class ChatUvicornServer(uvicorn.Server):
         super().__init__(config)
         self.drain = drain
         self.close_grace = close_grace
+        self.listening_message = ""  # logged once the app has started and the port is ours
+
+    @property
+    def startup_error(self) -> ChatSessionError | None:
+        """What stopped the app's start (a data dir in use, a bad setting), if anything."""
+        state = getattr(self.config.app, "state", None)
+        error = getattr(state, "startup_error", None)
+        return error if isinstance(error, ChatSessionError) else None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().startup(sockets)
+        except SystemExit:  # uvicorn's answer to a failed lifespan: ours is reported by serve
+            if self.startup_error is None:
+                raise
+            self.should_exit = True
+            return
+        if self.started and not self.should_exit and self.listening_message:
+            logger.info("%s", self.listening_message)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for server in self.servers:
@@ -99,10 +125,12 @@ class ChatUvicornServer(uvicorn.Server):
         os._exit(1)
 
 
-def build_server(settings: Settings) -> ChatUvicornServer:
+def build_server(
+    settings: Settings, *, model: ChatModel | None = None, address: str | None = None
+) -> ChatUvicornServer:
     """A server for ``settings``, not yet started (tests run it on a free port)."""
     drain = Drain()
-    app = create_app(settings, drain=drain)
+    app = create_app(settings, drain=drain, model=model, address=address)
     close_grace = min(_CLOSE_GRACE, max(settings.shutdown_grace / 2, _MIN_CLOSE_GRACE))
     config = uvicorn.Config(
         app,
@@ -131,25 +159,45 @@ def build_server(settings: Settings) -> ChatUvicornServer:
 
 
 def serve(settings: Settings) -> int:
-    """Run until SIGTERM or SIGINT; the exit code (0 after a graceful shutdown)."""
-    _configure_logging()
+    """Run until SIGTERM or SIGINT; the exit code (0 after a graceful shutdown).
+
+    The order is what makes the log true: check the configuration, bind the port, take
+    the data dir and recover its dialogs (the app's lifespan), and only then say
+    "listening". A mistake found on the way is one line on stderr and exit code 2.
+    """
+    configure_logging()
     try:
         check_bind(settings)
-        server = build_server(settings)
-    except ConfigError as exc:
-        print(f"chatsession: {exc}", file=sys.stderr)
-        return 2
-    _raise_open_file_limit()
-    logger.info(
-        "chatsession listening on http://%s:%d  data dir %s  model %s  auth %s",
-        settings.host,
-        settings.port,
-        settings.data_dir,
-        resolve_model_spec(settings.chat_model, settings),
-        _auth_description(settings),
+        check_data_dir(settings.data_dir)
+        model = load_model(settings.chat_model, settings)
+        sock = bind_socket(settings.host, settings.port)
+    except ChatSessionError as exc:
+        return report_startup_error(exc, settings)
+    address = f"http://{display_host(settings.host)}:{sock.getsockname()[1]}"
+    server = build_server(settings, model=model, address=address)
+    server.listening_message = (
+        f"chatsession listening on {address}  data dir {settings.data_dir}  "
+        f"model {getattr(model, 'name', type(model).__name__)}  "
+        f"auth {_auth_description(settings)}"
     )
-    server.run()
+    _raise_open_file_limit()
+    _hide_startup_traceback(server, settings)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+    if server.startup_error is not None:
+        return report_startup_error(server.startup_error, settings)
     return 0 if server.started else 1
+
+
+def _hide_startup_traceback(server: ChatUvicornServer, settings: Settings) -> None:
+    """uvicorn logs a lifespan that failed to start with its traceback; ours says one line."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return settings.debug != "" or server.startup_error is None
+
+    logging.getLogger("uvicorn.error").addFilter(keep)
 
 
 def _raise_open_file_limit() -> None:
@@ -168,12 +216,3 @@ def _auth_description(settings: Settings) -> str:
         return f"jwt ({kind})"
     proxy = ", trusted proxy" if settings.trusted_proxy else ""
     return f"dev (x-user-id header trusted{proxy})"
-
-
-def _configure_logging() -> None:
-    package = logging.getLogger("chatsession")
-    if not package.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        package.addHandler(handler)
-        package.setLevel(logging.INFO)

@@ -2,10 +2,12 @@
 
 After the handshake the server sends ``{"type": "session", "sessionId": ...}``; each chat
 frame is answered with ``response`` frames and ``done``. Bad frames get an ``error`` frame
-and the connection stays usable. A frame over the hard protocol limit (four times
-``MAX_MESSAGE_BYTES``) closes it with 1009. While a reply streams, the client going away
-cancels it (its partial reply is stored marked interrupted). At shutdown the server closes
-with 1001.
+and the connection stays usable. ``{"type": "stop"}`` stops the reply that is streaming
+(stored as far as it got, marked interrupted; no ``done`` follows). A frame over the hard
+protocol limit (four times ``MAX_MESSAGE_BYTES``) closes it with 1009. While a reply
+streams, the client going away cancels it (its partial reply is stored marked
+interrupted). At shutdown the server closes with 1001. The user's session events reach
+the socket as ``session_event`` frames (`forward_session_events`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from contextlib import suppress
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
 
 from fastapi import APIRouter
 from starlette.types import Message
@@ -27,6 +30,7 @@ from chatsession.web.auth import Identity
 from chatsession.web.protocol import (
     Frame,
     PingRequest,
+    StopRequest,
     client_message,
     encode_frame,
     error_frame,
@@ -43,6 +47,9 @@ router = APIRouter()
 # Close codes of a connection that ended on purpose; anything else ends the session as error.
 _CLEAN_CLOSES = frozenset((1000, 1001, 1005))
 GOING_AWAY = 1001
+# What uvicorn's own shutdown reports for the connections it closes ("service restart"):
+# under a stock uvicorn (the app factory) this is the server stopping, not the user leaving.
+SERVICE_RESTART = 1012
 # Frames a client may send ahead while a reply streams; more are refused, not buffered.
 _BACKLOG = 32
 _BACKLOG_FULL = f"too many messages waiting for a reply (at most {_BACKLOG}); this one was dropped"
@@ -67,13 +74,63 @@ async def websocket_chat(websocket: WebSocket) -> None:
                 await websocket.send_text(
                     encode_frame({"type": "session", "sessionId": connection.session_id})
                 )
-                await _Conversation(web, websocket, identity, connection).run()
+                async with forward_session_events(web, websocket, identity.user_id):
+                    await _Conversation(web, websocket, identity, connection).run()
     except RequestError as exc:
         await deny_websocket(websocket, exc.status, str(exc))
     except ChatSessionError as exc:  # the server closed between the check and the connect
         await deny_websocket(websocket, 503, client_message(exc))
     except (WebSocketDisconnect, OSError):
         pass  # gone during the handshake: the session machinery has already seen it fail
+
+
+def session_events_channel(user_id: str) -> str:
+    """The channel of only a user's session events, which the app publishes apart.
+
+    Apart, so that a page's socket does not make every reply be published as well (replies
+    go on the user's own channel only while an SSE stream listens there). A user id never
+    holds a control character, so no user's own channel can have this name.
+    """
+    return f"session-events\x1f{user_id}"
+
+
+@asynccontextmanager
+async def forward_session_events(
+    web: WebState, websocket: WebSocket, user_id: str
+) -> AsyncIterator[None]:
+    """Send the user's ``session_event`` frames (from `web.channels`) down this socket too.
+
+    They are the events SSE streams get, so a page sees another tab of the user open, or
+    the session end. Replies keep their own path; only session events pass here.
+    """
+    with web.channels.subscribe(session_events_channel(user_id)) as queue:
+
+        async def forward() -> None:
+            while True:
+                frame = await queue.get()
+                if frame.get("type") != "session_event":
+                    continue
+                try:
+                    await websocket.send({"type": "websocket.send", "text": encode_frame(frame)})
+                except (WebSocketDisconnect, OSError, RuntimeError):
+                    return  # the peer is gone: the conversation notices it on its own
+
+        task = asyncio.ensure_future(forward())
+        try:
+            yield
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+def _is_stop(data: str | bytes, max_bytes: int) -> bool:
+    """Whether a frame read while a reply streams asks to stop it (checked cheaply first)."""
+    if not isinstance(data, str) or '"stop"' not in data:
+        return False
+    try:
+        return isinstance(parse_ws_frame(data, max_bytes), StopRequest)
+    except ChatSessionError:
+        return False
 
 
 class _PeerGone(Exception):
@@ -108,6 +165,7 @@ class _Conversation:
         self._handling = False  # answering a frame: a reply, a pong or an error
         self._interrupted = False
         self._stopping = False
+        self.restarting = False  # the ASGI server closed the connection as it stops
 
     async def run(self) -> None:
         try:
@@ -121,6 +179,8 @@ class _Conversation:
         if self.web.drain.closing and not self.closed:
             async with self.web.drain.last_sends():
                 await self._close(GOING_AWAY, "server shutting down")
+        if self.restarting:  # before the connection closes, so it ends as shutdown
+            await self.web.chat.end_user_session(self.identity.user_id, "shutdown")
 
     # -- receiving ----------------------------------------------------------------------
 
@@ -151,7 +211,10 @@ class _Conversation:
 
     def _accept(self, message: Message) -> str | bytes | None:
         if message["type"] == "websocket.disconnect":
-            if message.get("code", 1000) not in _CLEAN_CLOSES:
+            code = message.get("code", 1000)
+            if code == SERVICE_RESTART:
+                self.restarting = True
+            elif code not in _CLEAN_CLOSES:
                 self.connection.fail()
             self.closed = True
             return None
@@ -173,6 +236,9 @@ class _Conversation:
                 data = self._accept(await self.websocket.receive())
                 if data is None:
                     break
+                if self._handling and _is_stop(data, self.web.settings.max_message_bytes):
+                    self._interrupt()  # the reply is stored as far as it got, interrupted
+                    continue
                 if len(self.inbox) >= _BACKLOG:
                     with suppress(_PeerGone):
                         await self._send(error_frame(_BACKLOG_FULL, 429))
@@ -236,6 +302,8 @@ class _Conversation:
             if isinstance(request, PingRequest):
                 await self._send(_PONG)
                 return
+            if isinstance(request, StopRequest):
+                return  # no reply is streaming: nothing to stop
             if self.closed:
                 return  # nobody to answer
             watch = asyncio.get_running_loop().call_later(_WATCH_AFTER, self._watch)

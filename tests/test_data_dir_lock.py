@@ -1,0 +1,114 @@
+"""One data dir, one owner: the library's lock, and a store whose file vanished under it."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from chatsession import ChatServer, DataDirLocked, Settings, StorageError
+from chatsession.models import EchoModel
+from chatsession.storage import MemoryDialogStore
+from chatsession.storage._lock import DataDirLock
+from tests.conftest import collect
+
+
+def _current(data: Path, user: str) -> Path:
+    return data / "users" / user / "dialogs" / "current.yaml"
+
+
+async def test_a_second_chat_server_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
+    """A second ChatServer on a data dir in use raises DataDirLocked and recovers nothing."""
+    settings = Settings(chat_model="echo", data_dir=tmp_path)
+    async with ChatServer(settings) as first:
+        await collect(first, "alice", "hello")
+        with pytest.raises(DataDirLocked, match=f"process {os.getpid()}.*REDIS_URL"):
+            async with ChatServer(settings):
+                pass
+        await collect(first, "alice", "still mine")
+        dialog = await first.get_current_dialog("alice")
+        assert dialog is not None
+        assert len(dialog.messages) == 4
+        assert await first.list_archives("alice") == []
+
+
+async def test_the_lock_is_released_when_the_server_closes(tmp_path: Path) -> None:
+    """Leaving the block gives the data dir up: the next server takes it at once."""
+    settings = Settings(chat_model="echo", data_dir=tmp_path)
+    async with ChatServer(settings):
+        pass
+    async with ChatServer(settings) as again:
+        assert again.running
+
+
+async def test_a_memory_store_takes_no_lock(tmp_path: Path) -> None:
+    """A server over a memory store leaves the data dir alone."""
+    settings = Settings(data_dir=tmp_path)
+    async with (
+        ChatServer(settings, store=MemoryDialogStore(), model=EchoModel()),
+        ChatServer(settings, store=MemoryDialogStore(), model=EchoModel()),
+    ):
+        assert not (tmp_path / ".lock").exists()
+
+
+def test_the_lock_file_names_its_owner(tmp_path: Path) -> None:
+    """The lock file holds the owner's pid and address; a refusal quotes them."""
+    lock = DataDirLock(tmp_path)
+    lock.acquire("http://127.0.0.1:8123")
+    try:
+        assert f'"pid": {os.getpid()}' in (tmp_path / ".lock").read_text()
+        with pytest.raises(DataDirLocked, match=r"serving http://127\.0\.0\.1:8123"):
+            DataDirLock(tmp_path).acquire()
+    finally:
+        lock.release()
+    DataDirLock(tmp_path).acquire()  # released: anyone may take it
+
+
+async def test_a_dialog_unlinked_under_the_store_refuses_the_message(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A current.yaml archived away by another process: StorageError, an ERROR, no ack."""
+    async with ChatServer(Settings(chat_model="echo", data_dir=tmp_path)) as chat:
+        await collect(chat, "alice", "one")
+        path = _current(tmp_path, "alice")
+        elsewhere = tmp_path / "taken.yaml"
+        os.link(path, elsewhere)  # what another process's recovery does: link, then unlink
+        path.unlink()
+        kept = elsewhere.read_bytes()
+        with (
+            caplog.at_level(logging.ERROR, "chatsession.storage"),
+            pytest.raises(StorageError, match="unlinked or replaced"),
+        ):
+            await collect(chat, "alice", "two")
+        assert str(path) in caplog.text
+        assert elsewhere.read_bytes() == kept  # nothing written into a file nobody reads
+
+
+async def test_a_dialog_replaced_under_the_store_refuses_the_message(tmp_path: Path) -> None:
+    """A current.yaml renamed over by someone else: the store does not write to the old one."""
+    async with ChatServer(Settings(chat_model="echo", data_dir=tmp_path)) as chat:
+        await collect(chat, "alice", "one")
+        path = _current(tmp_path, "alice")
+        replacement = path.with_name("other.yaml")
+        replacement.write_bytes(path.read_bytes())
+        os.replace(replacement, path)
+        with pytest.raises(StorageError, match="unlinked or replaced"):
+            await collect(chat, "alice", "two")
+        assert "two" not in path.read_text()
+
+
+async def test_a_hard_link_to_the_open_dialog_is_harmless(tmp_path: Path) -> None:
+    """A backup's hard link leaves the file current: appends go on."""
+    async with ChatServer(Settings(chat_model="echo", data_dir=tmp_path)) as chat:
+        await collect(chat, "alice", "one")
+        path = _current(tmp_path, "alice")
+        os.link(path, tmp_path / "backup.yaml")
+        await collect(chat, "alice", "two")
+        dialog = await chat.get_current_dialog("alice")
+        assert dialog is not None
+        assert [m.content for m in dialog.messages][-2:] == [
+            "two",
+            "echo: two",
+        ]
