@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,10 +148,16 @@ def _free_port() -> int:
 
 @contextmanager
 def _server(
-    kind: str, data_dir: Path, *, wrapper: Sequence[str] = (), start_timeout: float = 20
+    kind: str,
+    data_dir: Path,
+    *,
+    wrapper: Sequence[str] = (),
+    start_timeout: float = 20,
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     """A server of ``kind`` (bare, memory or chat) on a free port, ready for connections;
-    ``wrapper`` is a command to run it under (such as valgrind)."""
+    ``wrapper`` is a command to run it under (such as valgrind), ``env`` variables to add to
+    its environment (such as ``REDIS_URL``)."""
     port = _free_port()
     if kind == "bare":
         command = [sys.executable, "-m", "bench.bench_server", "--serve-bare-echo", str(port)]
@@ -166,6 +172,7 @@ def _server(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         preexec_fn=_server_cpus,
+        env=None if env is None else {**os.environ, **env},
     )
     try:
         deadline = time.monotonic() + start_timeout

@@ -71,10 +71,12 @@ def test_the_library_snippet_runs_as_a_file_and_the_cli_reads_what_it_archived(
         )
         assert result.returncode == 0, (command, result.stderr)
         outputs.append(result.stdout)
-    listing, shown = outputs
+    listing, shown, purged = outputs
     assert archive_id in listing
     assert "manual" in listing
     assert "content: hi" in shown
+    assert "1 archives" in purged
+    assert not (tmp_path / "data/users/alice").exists()
 
 
 def _run_shell(command: str, port: int, cwd: Path) -> str:

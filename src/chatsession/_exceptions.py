@@ -10,7 +10,9 @@ caller never has to catch another library's exceptions::
     ├── InvalidMessage           a message that is not storable text
     ├── SessionError
     │   ├── InvalidSessionId     a client-chosen session id that is not acceptable
-    │   └── ServerClosedError    the ChatServer is not running (not entered, or closed)
+    │   ├── ServerClosedError    the ChatServer is not running (not entered, or closed)
+    │   ├── RegistryUnavailable  the shared registry (Redis) cannot be reached; retry later
+    │   └── OwnershipLost        another instance owns the session now (retried inside)
     ├── StorageError             reading or writing a dialog failed
     │   ├── CorruptDialogError   a dialog file does not parse; names the file
     │   ├── DataDirLocked        another process owns the data dir; names it
@@ -61,8 +63,10 @@ __all__ = [
     "ModelRateLimitError",
     "ModelTimeoutError",
     "ModelUnavailableError",
+    "OwnershipLost",
     "PayloadTooLarge",
     "PermissionDenied",
+    "RegistryUnavailable",
     "RequestError",
     "RequestTimeout",
     "ServerClosedError",
@@ -100,6 +104,21 @@ class InvalidSessionId(SessionError, ValueError):
 
 class ServerClosedError(SessionError, RuntimeError):
     """The ChatServer is not running: it was never entered, or it has been closed."""
+
+
+class RegistryUnavailable(SessionError):
+    """The registry several instances share (Redis) cannot be reached, or is settling.
+
+    ``retry_after`` is the number of seconds after which a retry may succeed.
+    """
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class OwnershipLost(SessionError):
+    """Another instance owns the session now; this one must not write its dialog."""
 
 
 class StorageError(ChatSessionError):
@@ -222,3 +241,7 @@ class TooManyRequests(RequestError):
     """Over the per-user message rate, or the per-user connection limit."""
 
     status = 429
+
+    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -16,10 +16,12 @@ class Session:
 
     __slots__ = ("archive_id", "last_seen", "messages", "session_id", "started_at", "user_id")
 
-    def __init__(self, user_id: str, session_id: str | None) -> None:
+    def __init__(
+        self, user_id: str, session_id: str | None, started_at: datetime | None = None
+    ) -> None:
         self.user_id = user_id
         self.session_id = session_id or uuid.uuid4().hex
-        self.started_at = datetime.now(UTC)
+        self.started_at = started_at or datetime.now(UTC)
         self.last_seen = time.monotonic()
         self.messages: list[Message] | None = None  # None until the first message is stored
         self.archive_id: str | None = None  # set when the session has ended

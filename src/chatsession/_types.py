@@ -12,8 +12,10 @@ END_REASONS: frozenset[str] = frozenset(
     ("timeout", "disconnect", "error", "shutdown", "manual", "recovered")
 )
 
-EventName: TypeAlias = Literal["session_started", "session_ended", "session_event"]
-EVENT_NAMES: frozenset[str] = frozenset(("session_started", "session_ended", "session_event"))
+EventName: TypeAlias = Literal["session_started", "session_ended", "session_event", "user_frame"]
+EVENT_NAMES: frozenset[str] = frozenset(
+    ("session_started", "session_ended", "session_event", "user_frame")
+)
 
 # A handler may be a plain function or a coroutine function; its result is ignored.
 EventHandler: TypeAlias = Callable[..., Awaitable[Any] | Any]

@@ -17,6 +17,7 @@ from chatsession.domain import ArchiveSummary, Chunk, Dialog, SessionInfo
 from chatsession.events import EventEmitter
 from chatsession.models import load_model
 from chatsession.models.base import ChatModel
+from chatsession.registry import SessionRegistry, open_registry
 from chatsession.sessions import SessionManager
 from chatsession.settings import Settings
 from chatsession.storage import open_store
@@ -52,6 +53,10 @@ class ChatServer:
         settings: The configuration; `Settings.from_env` reads it from the environment.
         store: A `DialogStore` to use instead of the YAML files under ``settings.data_dir``.
         model: A `ChatModel` to use instead of the one ``settings.chat_model`` names.
+        registry: A `SessionRegistry` to use instead of the one the settings choose (Redis
+            when ``redis_url`` is set, else this process alone).
+        enforce_limits: Apply ``settings.rate_limit`` and ``settings.max_connections_per_user``
+            to every user, across every instance (the server does; a library is trusted).
     """
 
     def __init__(
@@ -60,6 +65,8 @@ class ChatServer:
         *,
         store: DialogStore | None = None,
         model: ChatModel | None = None,
+        registry: SessionRegistry | None = None,
+        enforce_limits: bool = False,
     ) -> None:
         self.settings = settings if settings is not None else Settings()
         self.store = (
@@ -70,8 +77,14 @@ class ChatServer:
         self.model = (
             model if model is not None else load_model(self.settings.chat_model, self.settings)
         )
+        self.registry = registry if registry is not None else open_registry(self.settings)
         self._events = EventEmitter()
-        self._sessions = SessionManager(self.settings, self.store, self.model, self._events)
+        self._sessions = SessionManager(
+            self.settings, self.store, self.model, self._events, self.registry
+        )
+        if enforce_limits:
+            self._sessions.rate_limit = self.settings.rate_limit
+            self._sessions.connection_limit = self.settings.max_connections_per_user
         self.address: str | None = None  # where it serves, recorded in the data dir's lock
         self._lock: DataDirLock | None = None
         self._state = _State.UNOPENED
@@ -90,10 +103,11 @@ class ChatServer:
             raise RuntimeError("Cannot enter a ChatServer that is already running.")
         if self._state is _State.CLOSED:
             raise RuntimeError("Cannot reopen a ChatServer once it has been closed.")
-        # Without Redis the data dir has one owner, taken before any dialog is touched: a
-        # second process would otherwise archive this one's live dialogs as recovered.
+        # A single process owns its data dir, taken before any dialog is touched: a second
+        # process would otherwise archive this one's live dialogs as recovered. Instances
+        # that share one through a registry (Redis) coordinate there instead.
         root = files_root(self.store)
-        if root is not None and not getattr(self.settings, "redis_url", None):
+        if root is not None and not self.registry.shared:
             self._lock = DataDirLock(root)
             self._lock.acquire(self.address)
         if self.settings.session_debug:
@@ -104,13 +118,18 @@ class ChatServer:
         self._events.bind(self._spawn)
         self._sessions.bind(self._spawn)
         try:
-            recovered = await self._sessions.recover()
+            await self._sessions.open()
+            # With other instances about, recovery asks Redis about each dialog, so it waits
+            # until Redis can be reached rather than hold up the start.
+            recovered = 0 if self.registry.shared else await self._sessions.recover()
         except BaseException:
             await self.aclose()
             raise
         if recovered:
             logger.info("archived %d dialogs left by a previous run", recovered)
         self._background = [self._spawn(self._sessions.run_sweeper())]
+        if self.registry.shared:
+            self._background.append(self._spawn(self._sessions.recover_when_reachable()))
         if self.settings.durability == "batch":
             self._background.append(self._spawn(self._flush_periodically()))
         return self
@@ -148,6 +167,7 @@ class ChatServer:
             self._events.bind(None)
             self._sessions.bind(None)
             try:
+                await self.registry.aclose()
                 await self.store.aclose()
                 await self.model.aclose()
             finally:
@@ -205,7 +225,7 @@ class ChatServer:
 
     async def update_user_activity(self, user_id: str) -> bool:
         """Mark ``user_id`` as active now; False if they have no session."""
-        return self._sessions.touch(user_id)
+        return await self._sessions.touch(check_user_id(user_id))
 
     async def end_user_session(self, user_id: str, reason: EndReason = "manual") -> str | None:
         """End ``user_id``'s session; return the archive id, or None if nothing was archived.
@@ -220,16 +240,39 @@ class ChatServer:
         return await self._sessions.end(user_id, reason)
 
     async def get_user_session_info(self, user_id: str) -> SessionInfo | None:
-        """A snapshot of ``user_id``'s active session, or None."""
-        return self._sessions.info(user_id)
+        """A snapshot of ``user_id``'s active session, wherever it is, or None."""
+        return await self._sessions.info(check_user_id(user_id))
 
     async def get_active_session_count(self) -> int:
-        return len(self._sessions)
+        """Active sessions, on every instance."""
+        return await self._sessions.count()
+
+    async def list_sessions(self) -> list[tuple[SessionInfo, str]]:
+        """Every active session of every instance, with the id of the instance owning it."""
+        return await self._sessions.infos()
 
     @property
     def sessions(self) -> Mapping[str, SessionInfo]:
-        """A read-only view of the active sessions by user id."""
+        """A read-only view of the sessions this instance owns, by user id (no I/O)."""
         return _SessionsView(self._sessions)
+
+    @property
+    def instance_id(self) -> str:
+        """This instance's id among the instances sharing the registry."""
+        return self.registry.instance_id
+
+    def publish(self, user_id: str, frame: dict[str, Any], *, channels_only: bool = False) -> None:
+        """Send ``frame`` to the user's connections, on this instance and every other.
+
+        Here it reaches the ``user_frame`` handlers; elsewhere theirs. With
+        ``channels_only``, only instances holding one of the user's channels get it.
+        """
+        self._sessions.publish(user_id, frame, channels_only=channels_only)
+
+    def publish_elsewhere(self, user_id: str, frame: dict[str, Any]) -> None:
+        """`publish` to the user's channels on other instances only (this one's own
+        channels are the caller's to feed); a no-op for a single process."""
+        self._sessions.publish(user_id, frame, channels_only=True, here=False)
 
     async def expire_idle_sessions(self) -> int:
         """Run the inactivity sweep now; return how many sessions it ended."""
@@ -237,7 +280,7 @@ class ChatServer:
         return await self._sessions.sweep()
 
     def connect(
-        self, user_id: str, session_id: str | None = None
+        self, user_id: str, session_id: str | None = None, *, channel: bool = False
     ) -> AbstractAsyncContextManager[Connection]:
         """Hold one connection of ``user_id`` open: ``async with chat.connect(user):``.
 
@@ -245,10 +288,11 @@ class ChatServer:
         last one closes, the session ends (``disconnect``, or ``error`` if the block raised
         or `Connection.fail` was called), unless a new connection opens within
         ``disconnect_grace`` seconds; with ``auto_archive_on_disconnect`` off, only the
-        inactivity timeout ends it.
+        inactivity timeout ends it. A ``channel`` (an SSE stream) also receives what
+        `publish` sends with ``channels_only``.
         """
         self._check_running()
-        return self._sessions.connect(user_id, session_id)
+        return self._sessions.connect(user_id, session_id, channel=channel)
 
     def on(self, event: str, handler: EventHandler) -> EventHandler:
         """Call ``handler`` on ``session_started``, ``session_ended`` or ``session_event``."""
@@ -284,7 +328,7 @@ class ChatServer:
                 JSON; the reply is stored with the reason in its ``error`` field.
         """
         self._check_running()
-        return self._sessions.chat(
+        return self._sessions.turns.chat(
             user_id, text, json_output=json_output, reasoning_enabled=reasoning_enabled
         )
 
@@ -312,13 +356,13 @@ class _SessionsView(Mapping[str, SessionInfo]):
         self._sessions = sessions
 
     def __getitem__(self, user_id: str) -> SessionInfo:
-        info = self._sessions.info(user_id)
+        info = self._sessions.local_info(user_id)
         if info is None:
             raise KeyError(user_id)
         return info
 
     def __iter__(self) -> Iterator[str]:
-        return iter([info.user_id for info in self._sessions.infos()])
+        return iter([info.user_id for info in self._sessions.local_infos()])
 
     def __len__(self) -> int:
         return len(self._sessions)

@@ -86,7 +86,7 @@ _FLAG_NAMES = {"chat_model": "--model"}
 
 
 # Secrets come from the environment only: a flag would show them in the process list.
-_SECRETS = frozenset(("jwt_secret", "openai_api_key"))
+_SECRETS = frozenset(("jwt_secret", "openai_api_key", "redis_url"))
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
@@ -94,7 +94,7 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
         if field_name in _SECRETS:
             continue
         flag = _FLAG_NAMES.get(field_name, "--" + field_name.replace("_", "-"))
-        if field_name in ("auto_archive_on_disconnect", "trusted_proxy"):
+        if field_name in ("auto_archive_on_disconnect", "trusted_proxy", "redis_cluster"):
             parser.add_argument(
                 flag,
                 dest=field_name,

@@ -112,3 +112,18 @@ class SessionEvent:
     at: datetime = field(default_factory=utc_now)
     reason: EndReason | None = None
     archive_id: str | None = None
+
+    def as_frame(self) -> dict[str, object]:
+        """The event as a ``session_event`` frame, as connections receive it."""
+        frame: dict[str, object] = {
+            "type": "session_event",
+            "event": self.type,
+            "userId": self.user_id,
+            "sessionId": self.session_id,
+            "at": self.at.isoformat(),
+        }
+        if self.reason is not None:
+            frame["reason"] = self.reason
+        if self.archive_id is not None:
+            frame["archiveId"] = self.archive_id
+        return frame

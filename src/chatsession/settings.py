@@ -64,6 +64,13 @@ variable                       meaning                                    defaul
 ``HEARTBEAT_INTERVAL``         seconds between SSE heartbeats             ``30``
 ``WS_PING_INTERVAL``           seconds between WebSocket pings            ``20``
 ``WS_PING_TIMEOUT``            seconds to wait for a pong                 ``20``
+``REDIS_URL``                  ``redis://host:port/db``: instances share  empty
+                               their sessions through this Redis
+``REDIS_PREFIX``               the prefix of every Redis key              ``chatsession:``
+``REDIS_CLUSTER``              ``REDIS_URL`` is a Redis Cluster node      ``false``
+``INSTANCE_TTL``               seconds before a silent instance counts    ``10``
+                               as dead
+``INSTANCE_ID``                this instance's name in the cluster        random
 =============================  =========================================  ==============
 
 Without ``JWT_SECRET`` or ``JWT_PUBLIC_KEY`` the server runs in development mode: it trusts
@@ -84,6 +91,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +106,7 @@ logger = logging.getLogger("chatsession.settings")
 
 _MIN_SECRET_BYTES = 32
 _MAKE_SECRET = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+_INSTANCE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _TRUE = frozenset(("1", "true", "yes", "on"))
 _FALSE = frozenset(("0", "false", "no", "off", ""))
 
@@ -156,6 +165,11 @@ class Settings:
     ws_ping_interval: float = 20.0
     ws_ping_timeout: float = 20.0
     archive_retention_days: float | None = None
+    redis_url: str = field(default="", repr=False)
+    redis_prefix: str = "chatsession:"
+    redis_cluster: bool = False
+    instance_ttl: float = 10.0
+    instance_id: str = ""
 
     def __post_init__(self) -> None:
         if "://" in str(self.data_dir):
@@ -222,6 +236,16 @@ class Settings:
         if self.archive_retention_days is not None and not self.archive_retention_days > 0:
             days = self.archive_retention_days
             raise ConfigError(f"archive_retention_days must be greater than 0, got {days!r}")
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(
+                f"redis_url must be a redis://, rediss:// or unix:// URL, got {self.redis_url!r}"
+            )
+        if any(c in self.redis_prefix for c in "{} "):
+            raise ConfigError("redis_prefix must not hold braces or spaces")
+        if not self.instance_ttl >= 1:
+            raise ConfigError(f"instance_ttl must be 1 second or more, got {self.instance_ttl!r}")
+        if self.instance_id and not _INSTANCE_ID.fullmatch(self.instance_id):
+            raise ConfigError("instance_id must be 1 to 64 letters, digits or '_.-' characters")
         object.__setattr__(self, "jwt_algorithms", tuple(self.jwt_algorithms))
         for name in ("cors_origins", "allowed_origins", "allowed_hosts"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
@@ -440,6 +464,11 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "WS_PING_INTERVAL": ("ws_ping_interval", _positive_seconds),
     "WS_PING_TIMEOUT": ("ws_ping_timeout", _positive_seconds),
     "ARCHIVE_RETENTION_DAYS": ("archive_retention_days", _days),
+    "REDIS_URL": ("redis_url", str),
+    "REDIS_PREFIX": ("redis_prefix", _nonempty),
+    "REDIS_CLUSTER": ("redis_cluster", _boolean),
+    "INSTANCE_TTL": ("instance_ttl", _positive_seconds),
+    "INSTANCE_ID": ("instance_id", str),
 }
 
 
@@ -478,19 +507,28 @@ _HELP: dict[str, tuple[str, str]] = {
     "JWT_ISSUER": ("required iss claim", "none"),
     "JWT_ADMIN_CLAIM": ("the claim that makes a user an admin when true", "admin"),
     "TRUSTED_PROXY": ("trust x-user-id on any address (a proxy authenticates)", "false"),
-    "TRUSTED_PROXY_ADMIN_HEADER": ("behind a trusted proxy, the header granting admin", "none"),
     "CORS_ORIGINS": ("origins allowed by CORS, comma-separated", "none"),
-    "ALLOWED_ORIGINS": ("more origins whose pages may use /ws, POST, DELETE", "none"),
-    "ALLOWED_HOSTS": ("Host names served, comma-separated", "loopback (dev mode)"),
-    "MAX_HEADER_BYTES": ("largest request line and headers, in bytes", "32768"),
-    "HEADER_TIMEOUT": ("seconds a client may take to send request headers", "10"),
-    "MAX_CONNECTIONS": ("open connections in all, 0 for no cap", "4096"),
     "MAX_MESSAGE_BYTES": ("largest WebSocket frame or HTTP body, in bytes", "65536"),
     "RATE_LIMIT": ("chat messages per minute per user, 0 for no limit", "60"),
     "MAX_CONNECTIONS_PER_USER": ("open WebSocket and SSE connections per user", "8"),
     "HEARTBEAT_INTERVAL": ("seconds between SSE heartbeats", "30"),
     "WS_PING_INTERVAL": ("seconds between WebSocket pings", "20"),
     "WS_PING_TIMEOUT": ("seconds to wait for a WebSocket pong", "20"),
+    "TRUSTED_PROXY_ADMIN_HEADER": (
+        "behind a trusted proxy, the header whose value admin grants admin rights",
+        "none",
+    ),
+    "ALLOWED_ORIGINS": ("more origins whose pages may open /ws and POST, comma-separated", "none"),
+    "ALLOWED_HOSTS": ("Host names served, comma-separated", "loopback in dev mode, else any"),
+    "MAX_HEADER_BYTES": ("largest request line and headers, in bytes", "32768"),
+    "HEADER_TIMEOUT": ("seconds a client may take to send a request's headers", "10"),
+    "MAX_CONNECTIONS": ("open connections in all, 0 for no cap", "4096"),
+    "ARCHIVE_RETENTION_DAYS": ("days archives are kept before the sweep deletes them", "forever"),
+    "REDIS_URL": ("redis://host:port/db: share sessions with other instances (env only)", "none"),
+    "REDIS_PREFIX": ("the prefix of every Redis key", "chatsession:"),
+    "REDIS_CLUSTER": ("REDIS_URL names a node of a Redis Cluster", "false"),
+    "INSTANCE_TTL": ("seconds after which a silent instance counts as dead", "10"),
+    "INSTANCE_ID": ("this instance's name among the instances", "random"),
 }
 
 

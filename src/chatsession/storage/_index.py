@@ -204,7 +204,7 @@ def _append(path: Path, lines: Iterable[str]) -> None:
     if not data:
         return
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:  # an index that cannot be written is rebuilt next time
         logger.warning("cannot update the archive index %s: %s", path, exc.strerror)
         return
@@ -220,7 +220,9 @@ def _replace(path: Path, lines: list[str]) -> None:
     # Named for this thread, so two rewrites at once never write one temporary file.
     temporary = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     try:
-        with open(temporary, "w", encoding="utf-8") as file:
+        # The index holds the archives' words: private like the archives themselves.
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with open(fd, "w", encoding="utf-8") as file:
             file.writelines(line if line.endswith("\n") else line + "\n" for line in lines)
         os.replace(temporary, path)
     except OSError as exc:

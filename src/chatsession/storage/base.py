@@ -70,6 +70,9 @@ class DialogStore(Protocol):
     async def recover_current(self, user_id: str, *, ended_at: datetime) -> str | None:
         """Archive a current dialog left by a previous run with reason ``recovered``."""
 
+    def forget(self, user_id: str) -> None:
+        """Drop what is kept open or cached for the user: another writer takes over."""
+
     async def flush(self) -> None:
         """Make every write so far durable (a no-op where writes already are)."""
 

@@ -193,6 +193,9 @@ class YamlDialogStore:
         )
         return [(user_id_from_directory(e.user_directory) or "", e.archive_id) for e in expired]
 
+    def forget(self, user_id: str) -> None:
+        self._open.close(user_id)
+
     async def flush(self) -> None:
         if not self._unsynced:
             return

@@ -102,6 +102,9 @@ class MemoryDialogStore:
     async def recover_current(self, user_id: str, *, ended_at: datetime) -> str | None:
         return await self.archive_current(user_id, ended_at=ended_at, reason="recovered")
 
+    def forget(self, user_id: str) -> None:
+        pass  # nothing is cached apart from the dialogs themselves
+
     async def flush(self) -> None:
         pass
 

@@ -11,7 +11,6 @@ from chatsession.chatserver import ChatServer
 from chatsession.settings import Settings
 from chatsession.web.auth import Authenticator, Identity
 from chatsession.web.channels import Channels
-from chatsession.web.limits import ConnectionSlots, RateLimiter
 from chatsession.web.metrics import Metrics
 from chatsession.web.shutdown import Drain
 
@@ -24,8 +23,6 @@ class WebState:
     chat: ChatServer
     auth: Authenticator
     channels: Channels
-    rate: RateLimiter
-    slots: ConnectionSlots
     metrics: Metrics
     drain: Drain
     started: float = field(default_factory=time.monotonic)

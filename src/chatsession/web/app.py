@@ -39,7 +39,6 @@ from chatsession.web._guards import RequestGuard
 from chatsession.web._state import WebState
 from chatsession.web.auth import Authenticator
 from chatsession.web.channels import Channels
-from chatsession.web.limits import ConnectionSlots, RateLimiter
 from chatsession.web.metrics import Metrics, TimedStore
 from chatsession.web.protocol import client_message, event_frame, status_of
 from chatsession.web.shutdown import Drain
@@ -74,7 +73,9 @@ def create_app(
         channels = Channels()
         try:
             chosen = store or open_store(settings.data_dir, settings.durability)
-            chat = ChatServer(settings, store=TimedStore(chosen, metrics), model=model)
+            chat = ChatServer(
+                settings, store=TimedStore(chosen, metrics), model=model, enforce_limits=True
+            )
             chat.address = address
             await chat.__aenter__()  # takes the data dir's lock, then recovers
         except ChatSessionError as exc:
@@ -83,14 +84,14 @@ def create_app(
         try:
             metrics.watch(chat)
             chat.on("session_event", lambda event: _publish_event(channels, event))
+            # Frames other instances send to this user's connections here.
+            chat.on("user_frame", lambda user_id, frame: _publish_frame(channels, user_id, frame))
             drain.attach(chat)
             web = WebState(
                 settings=settings,
                 chat=chat,
                 auth=auth,
                 channels=channels,
-                rate=RateLimiter(settings.rate_limit),
-                slots=ConnectionSlots(settings.max_connections_per_user),
                 metrics=metrics,
                 drain=drain,
             )
@@ -149,9 +150,15 @@ _DEV_HINT = "development mode: send an x-user-id header, or ?userId= for browser
 
 
 def _publish_event(channels: Channels, event: SessionEvent) -> None:
-    frame = event_frame(event)
-    channels.publish(event.user_id, frame)  # SSE streams
-    channels.publish(ws.session_events_channel(event.user_id), frame)  # WebSocket pages
+    _publish_frame(channels, event.user_id, event_frame(event))
+
+
+def _publish_frame(channels: Channels, user_id: str, frame: dict[str, Any]) -> None:
+    """A frame for the user's connections here: SSE streams get every one, WebSocket pages
+    the session events."""
+    channels.publish(user_id, frame)
+    if frame.get("type") == "session_event":
+        channels.publish(ws.session_events_channel(user_id), frame)
 
 
 async def _error_response(request: Request, exc: ChatSessionError) -> Response:
@@ -163,7 +170,9 @@ async def _error_response(request: Request, exc: ChatSessionError) -> Response:
     dev = isinstance(web, WebState) and web.settings.auth_mode == "dev"
     if isinstance(exc, AuthenticationError) and dev:
         body["hint"] = _DEV_HINT
-    return JSONResponse(body, status_code=status)
+    retry_after = getattr(exc, "retry_after", None)
+    headers = {"retry-after": str(retry_after)} if retry_after else None
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 async def _http_error_response(request: Request, exc: HTTPException) -> Response:
@@ -215,21 +224,26 @@ class SessionHeaderMiddleware:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 if not any(name.lower() == b"x-session-id" for name, _ in headers):
-                    headers.append((b"x-session-id", _session_id(scope).encode()))
+                    headers.append((b"x-session-id", (await _session_id(scope)).encode()))
                     message = {**message, "headers": headers}
             await send(message)
 
         await self.app(scope, receive, send_with_header)
 
 
-def _session_id(scope: Scope) -> str:
+async def _session_id(scope: Scope) -> str:
     state = scope.get("state") or {}
     if state.get("session_id"):
         return str(state["session_id"])
     web = state.get("web")
     user_id = state.get("user_id")
     if isinstance(web, WebState) and user_id:
-        info = web.chat.sessions.get(user_id)
+        info = web.chat.sessions.get(user_id)  # owned here: no need to ask the others
+        if info is None and web.chat.registry.shared:
+            try:
+                info = await web.chat.get_user_session_info(user_id)
+            except ChatSessionError:
+                info = None  # the registry is unreachable; the request itself says so
         if info is not None:
             return info.session_id
     for name, value in scope.get("headers", []):

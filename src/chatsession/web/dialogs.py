@@ -82,8 +82,10 @@ async def list_sessions(request: Request) -> Response:
     """Every active session (the guide's "monitor session states"); admins only."""
     if not identify(request).admin:
         raise PermissionDenied("listing sessions needs admin rights")
-    sessions = list(web_state(request).chat.sessions.values())
-    return JSONResponse({"count": len(sessions), "sessions": [session_json(s) for s in sessions]})
+    sessions = await web_state(request).chat.list_sessions()
+    return JSONResponse(
+        {"count": len(sessions), "sessions": [session_json(s, owner) for s, owner in sessions]}
+    )
 
 
 def summary_json(archive: ArchiveSummary) -> dict[str, Any]:
@@ -124,8 +126,9 @@ def _message(message: Message) -> dict[str, Any]:
     return out
 
 
-def session_json(info: SessionInfo) -> dict[str, Any]:
+def session_json(info: SessionInfo, instance: str | None = None) -> dict[str, Any]:
     return {
+        "instance": instance,
         "userId": info.user_id,
         "sessionId": info.session_id,
         "startedAt": info.started_at.isoformat(),

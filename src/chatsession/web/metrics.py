@@ -217,6 +217,9 @@ class TimedStore:
     async def recover_current(self, user_id: str, *, ended_at: datetime) -> str | None:
         return await self.store.recover_current(user_id, ended_at=ended_at)
 
+    def forget(self, user_id: str) -> None:
+        self.store.forget(user_id)
+
     async def flush(self) -> None:
         await self.store.flush()
 

@@ -24,6 +24,7 @@ from chatsession._exceptions import (
     InvalidUserId,
     ModelError,
     PayloadTooLarge,
+    RegistryUnavailable,
     RequestError,
     ServerClosedError,
     StorageError,
@@ -54,6 +55,7 @@ _STATUS: tuple[tuple[type[ChatSessionError], int], ...] = (
     (InvalidMessage, 422),
     (StorageFullError, 507),
     (ServerClosedError, 503),
+    (RegistryUnavailable, 503),
     (ModelError, 502),
 )
 
@@ -183,6 +185,9 @@ def error_frame(exc: BaseException | str, status: int | None = None) -> Frame:
     frame: Frame = {"type": "error", "message": message}
     if status is not None:
         frame["status"] = status
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after:
+        frame["retryAfter"] = retry_after
     return frame
 
 

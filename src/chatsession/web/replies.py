@@ -19,13 +19,14 @@ async def reply_frames(
 ) -> AsyncGenerator[Frame, None]:
     """The reply to ``request`` as ``response``/``reasoning`` frames, then ``done``.
 
-    Each frame is also published on the user's SSE channels. Closing this iterator early
-    closes the model stream, and the partial reply is stored marked interrupted. Errors of
-    the core (`ChatSessionError`) propagate for the transport to report.
+    Each frame is also published on the user's SSE channels, on every instance. Closing
+    this iterator early closes the model stream, and the partial reply is stored marked
+    interrupted. Errors of the core (`ChatSessionError`) propagate for the transport to
+    report.
     """
     user_id = identity.user_id
     channels = web.channels
-    web.rate.check(user_id)
+    chat = web.chat
     web.metrics.messages.inc(transport)
     started = time.perf_counter()
     first = True
@@ -43,6 +44,7 @@ async def reply_frames(
             frame = chunk_frame(chunk)
             if channels.has_subscribers(user_id):
                 channels.publish(user_id, frame)
+            chat.publish_elsewhere(user_id, frame)
             yield frame
     except BaseException:
         await stream.aclose()
@@ -50,4 +52,5 @@ async def reply_frames(
     web.metrics.model_seconds.observe(time.perf_counter() - started)
     if channels.has_subscribers(user_id):
         channels.publish(user_id, _DONE)
+    chat.publish_elsewhere(user_id, _DONE)
     yield _DONE

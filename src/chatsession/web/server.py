@@ -174,7 +174,11 @@ def serve(settings: Settings) -> int:
     except ChatSessionError as exc:
         return report_startup_error(exc, settings)
     address = f"http://{display_host(settings.host)}:{sock.getsockname()[1]}"
-    server = build_server(settings, model=model, address=address)
+    try:
+        server = build_server(settings, model=model, address=address)  # checks JWT settings
+    except ChatSessionError as exc:
+        sock.close()
+        return report_startup_error(exc, settings)
     server.listening_message = (
         f"chatsession listening on {address}  data dir {settings.data_dir}  "
         f"model {getattr(model, 'name', type(model).__name__)}  "

@@ -46,6 +46,11 @@ class Drain:
     def closing(self) -> bool:
         return self._closing
 
+    @property
+    def open_connections(self) -> int:
+        """WebSocket and SSE connections open now."""
+        return self._open
+
     def attach(self, chat: ChatServer | None) -> None:
         """The running ChatServer to close first (the app's lifespan hands it over)."""
         self._chat = chat

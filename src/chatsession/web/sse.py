@@ -146,8 +146,8 @@ def _channel(request: Request, identity: Identity) -> Response:
 
     @asynccontextmanager
     async def open_channel() -> AsyncIterator[tuple[str, AsyncIterator[Frame]]]:
-        with web.slots.hold(identity.user_id), web.drain.track():
-            async with web.chat.connect(identity.user_id, session_id) as connection:
+        with web.drain.track():
+            async with web.chat.connect(identity.user_id, session_id, channel=True) as connection:
                 with web.channels.subscribe(identity.user_id) as queue:
 
                     async def frames() -> AsyncGenerator[Frame, None]:

@@ -67,7 +67,7 @@ async def websocket_chat(websocket: WebSocket) -> None:
         if web.drain.closing:
             await deny_websocket(websocket, 503, "the server is shutting down")
             return
-        with web.slots.hold(identity.user_id), web.drain.track():
+        with web.drain.track():
             session_id = requested_session_id(websocket)
             async with web.chat.connect(identity.user_id, session_id) as connection:
                 await websocket.accept(headers=[(b"x-session-id", connection.session_id.encode())])
