@@ -67,6 +67,8 @@ class RequestGuard:
         await self.app(scope, receive, send)
 
     def _host_allowed(self, host: str) -> bool:
+        if not host:
+            return True  # HTTP/1.0 health checks send none; a browser always sends one
         name = _host_name(host.lower())
         if self.loopback_only:
             return is_loopback(name)
