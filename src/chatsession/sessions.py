@@ -105,6 +105,7 @@ class SessionManager:
         await self.registry.open(
             Inbox(
                 release=self._hand_over,
+                take=self._take,
                 deliver=self._deliver_here,
                 adopt=self._adopt,
                 lost=self._lost,
@@ -448,19 +449,29 @@ class SessionManager:
     # -- other instances ---------------------------------------------------------------
 
     async def _hand_over(self, user_id: str, to: str) -> None:
-        """Another instance needs to write this user's dialog: let it, once done here."""
+        """Another instance needs to write this user's dialog: let it, once done here.
+
+        The lock is taken first come, first served, so the turns already waiting here run
+        before the session goes, and the ones after them ask for it back.
+        """
         async with self._locked(user_id):
             session = self._sessions.get(user_id)
             if session is not None:
-                await self._hand_over_now(session)
+                await self._hand_over_now(session, to)
             else:
-                await self.registry.release(user_id)
+                await self.registry.release(user_id, to)
         logger.debug("handed the session of %r over to %s", user_id, to)
 
-    async def _hand_over_now(self, session: Session) -> None:
+    async def _hand_over_now(self, session: Session, to: str = "") -> None:
         self.store.forget(session.user_id)
         self._forget(session)
-        await self.registry.release(session.user_id)
+        await self.registry.release(session.user_id, to)
+
+    async def _take(self, user_id: str) -> None:
+        """A session was handed to this instance: own it here (it expires here now)."""
+        async with self._locked(user_id):
+            if user_id not in self._sessions and not self._closing:
+                await self._own(user_id, None, create=False)
 
     async def _adopt(self, adopted: list[Adopted]) -> None:
         """Sessions an instance that died left behind: finish, end or keep each."""
@@ -603,11 +614,12 @@ class SessionManager:
         except RegistryUnavailable as exc:
             logger.error("could not count a closed connection of %r: %s", user_id, exc)
             return
-        if record is None or record.connections or self._closing:
+        if record is None or self._closing:
             return
         self.note_route(user_id, record.route)
+        # Every close is told (another tab sees it go); the last one may end the session.
         self._emit_event("connection_closed", user_id, record.session_id, record.route)
-        if not self.settings.auto_archive_on_disconnect:
+        if record.connections or not self.settings.auto_archive_on_disconnect:
             return
         reason: EndReason = "error" if connection.failed else "disconnect"
         if self.settings.disconnect_grace > 0:

@@ -46,8 +46,8 @@ async def fill(url: str, user: str) -> None:
             assert reply.status_code == 200
 
 
-async def long_chat(port: int, user: str) -> socket.socket:
-    """A POST /chat with a long reply, sent and never read."""
+async def long_chat(port: int, user: str) -> asyncio.StreamWriter:
+    """A POST /chat with a long reply, sent and never read (closed by the test)."""
     _, writer = await asyncio.open_connection("127.0.0.1", port)
     body = json.dumps({"message": LONG_MESSAGE}).encode()
     writer.write(
@@ -56,8 +56,7 @@ async def long_chat(port: int, user: str) -> socket.socket:
         + body
     )
     await writer.drain()
-    sock: socket.socket = writer.get_extra_info("socket")
-    return sock.dup()
+    return writer
 
 
 async def test_shutdown_is_bounded_with_streams_nobody_reads(tmp_path: Path) -> None:
@@ -76,7 +75,9 @@ async def test_shutdown_is_bounded_with_streams_nobody_reads(tmp_path: Path) -> 
         # Read as it comes: the server must never block on a full pipe.
         reader = threading.Thread(target=lambda: output.extend(process.popen.stdout or ()))
         reader.start()
-        held = [await stalled_stream(process.port, user) for user in USERS]
+        held: list[socket.socket | asyncio.StreamWriter] = [
+            await stalled_stream(process.port, user) for user in USERS
+        ]
         await asyncio.gather(*(fill(process.url, user) for user in USERS))
         held += [await long_chat(process.port, user) for user in USERS]
         await asyncio.sleep(0.5)  # the long replies are running

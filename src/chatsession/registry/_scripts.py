@@ -47,6 +47,9 @@ end
 local function create(key, me, sid, now)
   redis.call('HSET', key, 'sid', sid, 'st', now, 'la', now, 'own', me, 'ep', 1)
 end
+local function active(key)
+  return redis.call('HEXISTS', key, 'sid') == 1
+end
 """
 
 # KEYS: session. ARGV: me, new session id, connect (1/0), limit, channel (1/0).
@@ -55,7 +58,7 @@ OPEN = (
     _COMMON
     + """
 local me, now, created = ARGV[1], now_ms(), 0
-if redis.call('EXISTS', KEYS[1]) == 0 then
+if not active(KEYS[1]) then
   create(KEYS[1], me, ARGV[2], now)
   created = 1
 end
@@ -82,7 +85,7 @@ CLAIM = (
     _COMMON
     + """
 local me, now = ARGV[1], now_ms()
-if redis.call('EXISTS', KEYS[1]) == 0 then
+if not active(KEYS[1]) then
   if ARGV[3] ~= '1' then return {0} end
   create(KEYS[1], me, ARGV[2], now)
   local rec, total, conns, chans = scan(KEYS[1], me)
@@ -102,10 +105,10 @@ return reply(-4, rec, total, conns, chans)
 """
 )
 
-# KEYS: session. ARGV: me. Gives the session up: it goes on, for any instance to claim.
+# KEYS: session. ARGV: me, the instance to hand it to ('' for whoever claims it next).
 RELEASE = """
 if redis.call('HGET', KEYS[1], 'own') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'own', '')
+redis.call('HSET', KEYS[1], 'own', ARGV[2])
 redis.call('HINCRBY', KEYS[1], 'ep', 1)
 return 1
 """
@@ -114,7 +117,7 @@ return 1
 TOUCH = (
     _COMMON
     + """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if not active(KEYS[1]) then return 0 end
 redis.call('HSET', KEYS[1], 'la', now_ms())
 return 1
 """
@@ -178,7 +181,12 @@ FINISH_END = (
     + """
 local rec, total, conns, chans = scan(KEYS[1], ARGV[1])
 if rec['own'] ~= ARGV[1] then return reply(-2, rec, total, conns, chans) end
-redis.call('DEL', KEYS[1], KEYS[2])
+if total > 0 then
+  redis.call('HDEL', KEYS[1], 'sid', 'st', 'la', 'own', 'ep', 'end', 'dc')
+  redis.call('DEL', KEYS[2])
+else
+  redis.call('DEL', KEYS[1], KEYS[2])
+end
 return reply(1, rec, total, conns, chans)
 """
 )
@@ -202,6 +210,10 @@ if ARGV[2] == '1' and redis.call('HINCRBY', KEYS[1], 's:' .. me, -1) <= 0 then
   redis.call('HDEL', KEYS[1], 's:' .. me)
 end
 local rec, total, conns, chans = scan(KEYS[1], me)
+if not rec['sid'] then
+  if total == 0 then redis.call('DEL', KEYS[1]) end
+  return {0}
+end
 if total == 0 then
   local why = 'disconnect'
   if ARGV[3] == '1' then why = 'error' end
@@ -222,6 +234,10 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
 local had = tonumber(redis.call('HGET', KEYS[1], 'c:' .. dead) or '0')
 redis.call('HDEL', KEYS[1], 'c:' .. dead, 's:' .. dead)
 local rec, total, conns, chans = scan(KEYS[1], me)
+if not rec['sid'] then
+  if total == 0 then redis.call('DEL', KEYS[1]) end
+  return {0}
+end
 if total == 0 and had > 0 then
   redis.call('HSET', KEYS[1], 'dc', 'error')
   rec['dc'] = 'error'
@@ -244,17 +260,17 @@ RESTORE = (
     _COMMON
     + """
 local me, now = ARGV[1], now_ms()
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  if ARGV[4] ~= '1' and tonumber(ARGV[5]) == 0 then return 0 end
-  local owner = ''
-  if ARGV[4] == '1' then owner = me end
-  redis.call('HSET', KEYS[1], 'sid', ARGV[2], 'st', ARGV[3], 'la', now, 'own', owner, 'ep', 1)
-elseif redis.call('HGET', KEYS[1], 'sid') ~= ARGV[2] then
-  return -1
-elseif ARGV[4] == '1' then
-  local own = redis.call('HGET', KEYS[1], 'own')
-  if own ~= me and own ~= '' then return -1 end
-  redis.call('HSET', KEYS[1], 'own', me)
+if ARGV[4] == '1' then
+  local sid = redis.call('HGET', KEYS[1], 'sid')
+  if not sid then
+    redis.call('HSET', KEYS[1], 'sid', ARGV[2], 'st', ARGV[3], 'la', now, 'own', me, 'ep', 1)
+  elseif sid ~= ARGV[2] then
+    return -1
+  else
+    local own = redis.call('HGET', KEYS[1], 'own')
+    if own ~= me and own ~= '' then return -1 end
+    redis.call('HSET', KEYS[1], 'own', me)
+  end
 end
 if tonumber(ARGV[5]) > 0 then
   redis.call('HSET', KEYS[1], 'c:' .. me, ARGV[5])
@@ -276,7 +292,10 @@ local me = ARGV[1]
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HDEL', KEYS[1], 'c:' .. me, 's:' .. me)
 local rec, total, conns, chans = scan(KEYS[1], me)
-if total == 0 then redis.call('HSET', KEYS[1], 'dc', 'disconnect', 'la', now_ms()) end
+if total == 0 then
+  if not rec['sid'] then redis.call('DEL', KEYS[1])
+  else redis.call('HSET', KEYS[1], 'dc', 'disconnect', 'la', now_ms()) end
+end
 return 1
 """
 )

@@ -99,6 +99,7 @@ class Inbox:
     """What the registry calls on this instance when another instance asks something of it.
 
     ``release(user_id, to)``: hand the user's session over to instance ``to``.
+    ``take(user_id)``: another instance handed the user's session to this one.
     ``deliver(user_id, frame)``: a frame for the user's connections here.
     ``adopt(sessions)``: sessions this instance took over from a dead one.
     ``lost()``: this instance was taken for dead; everything it owned may be owned
@@ -106,6 +107,7 @@ class Inbox:
     """
 
     release: Callable[[str, str], Awaitable[None]]
+    take: Callable[[str], Awaitable[None]]
     deliver: Callable[[str, dict[str, Any]], None]
     adopt: Callable[[list[Adopted]], Awaitable[None]]
     lost: Callable[[], Awaitable[None]]
@@ -139,8 +141,9 @@ class SessionRegistry(Protocol):
         have a live owner hand it over. None: the user has no session (and not ``create``).
         """
 
-    async def release(self, user_id: str) -> None:
-        """Stop owning the user's session; it goes on, for any instance to claim."""
+    async def release(self, user_id: str, to: str = "") -> None:
+        """Stop owning the user's session; it goes on, owned by instance ``to`` (told so),
+        or by whichever instance claims it next."""
 
     async def touch(self, user_id: str) -> bool:
         """Mark the user's session active now, wherever it is owned; False if it has none."""

@@ -1,7 +1,9 @@
 """`LocalRegistry`: the single process, where this instance is the whole cluster.
 
 Every session is owned here, so claims never wait and nothing is delivered elsewhere. It
-is the default and the fastest: each call is a dictionary lookup.
+is the default and the fastest: each call is a dictionary lookup. A user's entry lives as
+long as their session or their connections: connections outlive a session that ends while
+they are open, and count for the next one.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ _NO_ROUTE = Route()
 class _Entry:
     __slots__ = ("connections", "ending", "last_seen", "sent", "session_id", "started_at")
 
-    def __init__(self, session_id: str) -> None:
-        self.session_id = session_id
+    def __init__(self, session_id: str | None) -> None:
+        self.session_id = session_id  # None: no session, only connections
         self.started_at = datetime.now(UTC)
         self.last_seen = time.monotonic()
         self.connections = 0
@@ -51,35 +53,38 @@ class LocalRegistry:
 
     async def find(self, user_id: str) -> Record | None:
         entry = self._entries.get(user_id)
-        return None if entry is None else self._record(user_id, entry)
+        return None if entry is None or entry.session_id is None else self._record(user_id, entry)
 
     async def ensure(self, user_id: str, session_id: str | None) -> tuple[Record, bool]:
         entry = self._entries.get(user_id)
-        created = entry is None
         if entry is None:
-            entry = self._entries[user_id] = _Entry(session_id or uuid.uuid4().hex)
+            entry = self._entries[user_id] = _Entry(None)
+        created = entry.session_id is None
+        if created:
+            entry.session_id = session_id or uuid.uuid4().hex
+            entry.started_at = datetime.now(UTC)
         entry.last_seen = time.monotonic()
         return self._record(user_id, entry), created
 
     async def claim(self, user_id: str, session_id: str | None, *, create: bool) -> Claim | None:
-        if user_id not in self._entries and not create:
+        if not create and await self.find(user_id) is None:
             return None
         record, created = await self.ensure(user_id, session_id)
         return Claim(record, created=created)
 
-    async def release(self, user_id: str) -> None:
+    async def release(self, user_id: str, to: str = "") -> None:
         pass  # nobody else could take it
 
     async def touch(self, user_id: str) -> bool:
         entry = self._entries.get(user_id)
-        if entry is None:
+        if entry is None or entry.session_id is None:
             return False
         entry.last_seen = time.monotonic()
         return True
 
     async def begin_turn(self, user_id: str, rate_limit: int) -> Route:
         entry = self._entries.get(user_id)
-        if entry is None:
+        if entry is None or entry.session_id is None:
             return _NO_ROUTE
         now = time.monotonic()
         if rate_limit:
@@ -91,7 +96,7 @@ class LocalRegistry:
         self, user_id: str, reason: EndReason, *, idle_for: float | None, unconnected: bool
     ) -> EndCheck:
         entry = self._entries.get(user_id)
-        if entry is None:
+        if entry is None or entry.session_id is None:
             return EndCheck(False, "gone")
         if unconnected and entry.connections and reason != "shutdown":
             return EndCheck(False, "connected")
@@ -101,7 +106,11 @@ class LocalRegistry:
         return EndCheck(True)
 
     async def finish_end(self, user_id: str) -> Route:
-        self._entries.pop(user_id, None)
+        entry = self._entries.get(user_id)
+        if entry is not None and entry.connections:
+            entry.session_id, entry.ending, entry.sent = None, False, None
+        else:
+            self._entries.pop(user_id, None)
         return _NO_ROUTE
 
     async def abort_end(self, user_id: str) -> None:
@@ -117,23 +126,32 @@ class LocalRegistry:
             raise TooManyRequests(
                 f"too many connections: the limit is {limit} open at once per user"
             )
-        record, created = await self.ensure(user_id, session_id)
-        self._entries[user_id].connections += 1
-        return record, created
+        _, created = await self.ensure(user_id, session_id)
+        entry = self._entries[user_id]
+        entry.connections += 1
+        return self._record(user_id, entry), created
 
     async def disconnect(self, user_id: str, *, channel: bool, failed: bool) -> Record | None:
         entry = self._entries.get(user_id)
         if entry is None:
             return None
         entry.connections = max(entry.connections - 1, 0)
+        if entry.session_id is None:
+            if not entry.connections:
+                del self._entries[user_id]
+            return None
         entry.last_seen = time.monotonic()
         return self._record(user_id, entry)
 
     async def count(self) -> int:
-        return len(self._entries)
+        return sum(1 for entry in self._entries.values() if entry.session_id is not None)
 
     async def records(self) -> list[Record]:
-        return [self._record(user_id, entry) for user_id, entry in self._entries.items()]
+        return [
+            self._record(user_id, entry)
+            for user_id, entry in self._entries.items()
+            if entry.session_id is not None
+        ]
 
     def deliver(self, instances: tuple[str, ...], user_id: str, frame: dict[str, Any]) -> None:
         pass  # there is no other instance
@@ -145,6 +163,7 @@ class LocalRegistry:
         return {"backend": "local"}
 
     def _record(self, user_id: str, entry: _Entry) -> Record:
+        assert entry.session_id is not None
         return Record(
             user_id=user_id,
             session_id=entry.session_id,

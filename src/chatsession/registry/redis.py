@@ -63,6 +63,7 @@ T = TypeVar("T")
 _WINDOW_MS = 60_000  # the rate limit counts messages in any sliding minute
 _INBOX_LENGTH = 10_000  # an inbox keeps about this many entries
 _CLAIM_WAIT = 0.01  # first pause while a session is being ended or handed over
+_ASK_AGAIN = 0.5  # seconds before a handover is asked for again
 
 
 class RedisRegistry:
@@ -107,6 +108,7 @@ class RedisRegistry:
         self._inbox: Inbox | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._reading: asyncio.Task[None] | None = None
+        self._handovers: set[asyncio.Task[None]] = set()  # asked for by other instances
         self._outbox: asyncio.Queue[tuple[str, dict[str, str]]] = asyncio.Queue(10_000)
         self._lease_until = 0.0  # monotonic: writing is allowed until then
         self._registered = False
@@ -135,7 +137,7 @@ class RedisRegistry:
         if self._closed:
             return
         self._closed = True
-        for task in self._tasks:
+        for task in [*self._tasks, *self._handovers]:
             task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=2)
@@ -168,7 +170,7 @@ class RedisRegistry:
 
     async def find(self, user_id: str) -> Record | None:
         flat = await self._call(self._client.hgetall(self._key(user_id)))
-        return self._from_hash(user_id, flat) if flat else None
+        return self._from_hash(user_id, flat) if flat.get("sid") else None
 
     async def ensure(self, user_id: str, session_id: str | None) -> tuple[Record, bool]:
         return await self._open_session(user_id, session_id, connect=False, limit=0, channel=False)
@@ -209,7 +211,7 @@ class RedisRegistry:
     async def claim(self, user_id: str, session_id: str | None, *, create: bool) -> Claim | None:
         key = self._key(user_id)
         new_id = session_id or uuid.uuid4().hex
-        asked: str | None = None
+        asked: tuple[str, float] | None = None
         dead = ""
 
         async def attempt() -> tuple[int, list[Any]] | None:
@@ -222,10 +224,13 @@ class RedisRegistry:
                 return code, reply
             if code == -4:
                 owner = str(reply[4])
+                now = time.monotonic()
                 if not await self._alive(owner):
                     dead = owner  # its heartbeat expired: it has stopped writing
-                elif asked != owner:
-                    asked = owner  # ask it once; it hands over after its current turn
+                elif asked is None or asked[0] != owner or now - asked[1] > _ASK_AGAIN:
+                    # It hands over after the turn it is running; asked again now and then,
+                    # in case it took the session back in between.
+                    asked = (owner, now)
                     self._send(owner, {"k": "release", "u": user_id, "to": self.instance_id})
             return None
 
@@ -237,9 +242,11 @@ class RedisRegistry:
         # Owned here but not loaded (code 2) reads the dialog again like a move does.
         return Claim(record, created=code == 1, moved=code != 1)
 
-    async def release(self, user_id: str) -> None:
-        await self._script("RELEASE", [self._key(user_id)], [self.instance_id])
+    async def release(self, user_id: str, to: str = "") -> None:
+        released = await self._script("RELEASE", [self._key(user_id)], [self.instance_id, to])
         await self._disown(user_id)
+        if released and to:
+            self._send(to, {"k": "owned", "u": user_id})
 
     async def touch(self, user_id: str) -> bool:
         return bool(await self._script("TOUCH", [self._key(user_id)], []))
@@ -337,7 +344,8 @@ class RedisRegistry:
         flats = await self._call(
             self._pipelined([("HGETALL", self._key(user)) for user in ordered])
         )
-        return [self._from_hash(u, _pairs(f)) for u, f in zip(ordered, flats, strict=True) if f]
+        pairs = [(user_id, _pairs(flat)) for user_id, flat in zip(ordered, flats, strict=True)]
+        return [self._from_hash(user_id, flat) for user_id, flat in pairs if flat.get("sid")]
 
     def deliver(self, instances: tuple[str, ...], user_id: str, frame: dict[str, Any]) -> None:
         body = json.dumps(frame, separators=(",", ":"))
@@ -512,9 +520,14 @@ class RedisRegistry:
             except Exception:
                 logger.exception("could not deliver a frame to %r", user_id)
         elif kind == "release":
-            asyncio.get_running_loop().create_task(
-                self._guarded(inbox.release(user_id, fields.get("to", "")))
-            )
+            self._background(inbox.release(user_id, fields.get("to", "")))
+        elif kind == "owned":
+            self._background(inbox.take(user_id))
+
+    def _background(self, work: Awaitable[None]) -> None:
+        task = asyncio.get_running_loop().create_task(self._guarded(work))
+        self._handovers.add(task)
+        task.add_done_callback(self._handovers.discard)
 
     @staticmethod
     async def _guarded(work: Awaitable[None]) -> None:
