@@ -110,6 +110,11 @@ async def test_dns_rebinding_host_is_refused_in_development_mode(live: LiveFacto
         assert (await http.get("/sessions", headers=admin)).status_code == 400
         assert await raw_handshake_status(server.port, rebound["host"]) == 400
         assert await raw_handshake_status(server.port, f"localhost:{server.port}") == 101
+        # HTTP/1.0 health checks (HAProxy's) send no Host at all; a browser always sends one.
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /health HTTP/1.0\r\n\r\n")
+        assert (await reader.readline()).split()[1] == b"200"
+        writer.close()
         for host in (f"localhost:{server.port}", f"127.0.0.1:{server.port}", "[::1]", "localhost"):
             reply = await http.get("/dialogs/current", headers={**ALICE, "host": host})
             assert reply.status_code == 200, host
