@@ -7,9 +7,10 @@ runs ``deploy/haproxy.cfg`` as shipped. Every baseline is measured in the same r
 
 1. Chat round trips per second over WebSocket, 50 connections: one instance with
    ``REDIS_URL`` against the same instance without it, interleaved (target: 0.7 or more).
-2. Redis commands per chat turn at steady state (``INFO commandstats`` before and after a
-   fixed number of round trips on connections already open), and per turn net of what
-   the instance sends while idle over the same time (aim: 2 or fewer).
+2. Redis commands an instance sends per chat turn at steady state (counted by ``MONITOR``
+   over a fixed number of round trips on connections already open), apart from those its
+   Lua scripts run inside Redis (``INFO commandstats`` would count both), and net of what
+   the instance sends while idle for as long (aim: 2 or fewer).
 3. Time from kill -9 of an instance to every one of its WebSocket sessions archived (as
    ``error``) by the survivor, against ``INSTANCE_TTL``.
 4. Redis memory per idle session: ``MEMORY USAGE`` summed over each user's keys, plus the
@@ -28,13 +29,16 @@ import asyncio
 import os
 import resource
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -161,57 +165,99 @@ def bench_round_trips(clients: int, seconds: float, repeats: int) -> float:
 # -- 2. Redis commands per chat turn ----------------------------------------------------
 
 
-def _commands(client: redis.Redis) -> dict[str, int]:
-    stats = client.info("commandstats")
-    return {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
+class _Monitor(threading.Thread):
+    """Counts the commands Redis runs while it watches (``MONITOR``), apart by who sent
+    them: the instances, or a Lua script they called (INFO commandstats counts both)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        super().__init__(daemon=True)
+        kwargs = client.connection_pool.connection_kwargs
+        self.sock = socket.create_connection((kwargs["host"], kwargs["port"]))
+        self.sent: Counter[str] = Counter()
+        self.scripted: Counter[str] = Counter()
+        self.sock.sendall(b"MONITOR\r\n")
+        # Redis answers +OK once it watches; what follows it is the first commands.
+        self._buffer = b""
+        while b"+OK\r\n" not in self._buffer:
+            self._buffer += self.sock.recv(65536)
+        self._buffer = self._buffer.split(b"+OK\r\n", 1)[1]
+        self.start()
+
+    def run(self) -> None:
+        buffer, self._buffer = self._buffer, b""
+        while chunk := self._recv():
+            *lines, buffer = (buffer + chunk).split(b"\r\n")
+            for line in lines:
+                # +1700000000.123456 [0 127.0.0.1:40000] "evalsha" "..."  or  [0 lua] "hget"
+                source, _, command = line.partition(b"] ")
+                name = command.split(b" ", 1)[0].strip(b'"').decode().lower()
+                if name and name not in ("info", "monitor"):
+                    (self.scripted if source.endswith(b" lua") else self.sent)[name] += 1
+
+    def _recv(self) -> bytes:
+        try:
+            return self.sock.recv(65536)
+        except OSError:
+            return b""
+
+    def stop(self) -> None:
+        self.sock.shutdown(socket.SHUT_RDWR)
+        self.join(5)
+        self.sock.close()
 
 
-def _difference(after: Mapping[str, int], before: Mapping[str, int]) -> dict[str, int]:
-    changed = {name: after[name] - before.get(name, 0) for name in after}
-    # The INFO call that took the "before" figures is counted in "after"; it is ours.
-    changed["info"] = changed.get("info", 0) - 1
-    return {name: calls for name, calls in changed.items() if calls > 0}
-
-
-async def _turns(port: int, clients: int, trips: int, client: redis.Redis) -> tuple[int, float]:
-    """Commands Redis ran during ``trips`` round trips each on ``clients`` open connections,
-    and the seconds they took; the breakdown by command is printed."""
+async def _turns(
+    port: int, clients: int, trips: int, client: redis.Redis
+) -> tuple[_Monitor, float, _Monitor, float]:
+    """What Redis ran during ``trips`` round trips each on ``clients`` open connections and
+    the seconds they took; and what it ran while the same connections stayed idle."""
     url = f"ws://{HOST}:{port}/ws"
     sockets = await asyncio.gather(*(_open(url, f"turns{i}", True) for i in range(clients)))
     await asyncio.gather(*(_round_trip(ws, True) for ws in sockets))  # sessions started
+    await asyncio.sleep(0.5)
+    idle, idle_seconds = _Monitor(client), 2.0
+    await asyncio.sleep(idle_seconds)  # heartbeats and inbox reads only
+    idle.stop()
 
     async def run(ws: ClientConnection) -> None:
         for _ in range(trips):
             await _round_trip(ws, True)
 
-    before, started = _commands(client), time.monotonic()
+    busy, started = _Monitor(client), time.monotonic()
     await asyncio.gather(*(run(ws) for ws in sockets))
     elapsed = time.monotonic() - started
-    changed = _difference(_commands(client), before)
-    turns = clients * trips
-    top = sorted(changed.items(), key=lambda item: -item[1])[:8]
-    print(f"  during {turns:,} turns in {elapsed:.1f} s, by command:")
-    print("   " + (", ".join(f"{name} {calls / turns:.2f}" for name, calls in top) or "none"))
+    busy.stop()
     await asyncio.gather(*(ws.close() for ws in sockets))
-    return sum(changed.values()), elapsed
+    return busy, elapsed, idle, idle_seconds
+
+
+def _by_command(counts: Counter[str], turns: float) -> str:
+    top = counts.most_common(8)
+    return ", ".join(f"{name} {calls / turns:.2f}" for name, calls in top) or "none"
 
 
 def bench_commands_per_turn(clients: int, trips: int) -> float:
+    """Commands an instance sends Redis per chat turn, on connections it holds (sticky)."""
     with tempfile.TemporaryDirectory() as tmp, _redis(Path(tmp)) as client:
         env = _redis_env(client, INSTANCE_ID="bench")
         with _server("chat", Path(tmp) / "data", env=env) as (_process, port):
-            print_title("2. Redis commands per chat turn, sticky (one instance)")
-            total, elapsed = asyncio.run(_turns(port, clients, trips, client))
-            # What the instance sends on its own (heartbeats, sweeps) over the same time.
-            before = _commands(client)
-            time.sleep(elapsed)
-            idle = sum(_difference(_commands(client), before).values())
+            busy, elapsed, idle, idle_seconds = asyncio.run(_turns(port, clients, trips, client))
     turns = clients * trips
-    print(
-        f"  {total / turns:.2f} commands a turn; {(total - idle) / turns:.2f} net of the "
-        f"{idle} the instance sent while idle for as long"
+    sent = sum(busy.sent.values())
+    background = sum(idle.sent.values()) / idle_seconds * elapsed
+    print_title(
+        "2. Redis commands per chat turn, sticky (one instance)",
+        f"{turns:,} turns on {clients} open connections in {elapsed:.1f} s",
     )
-    return total / turns
+    print(f"  sent by the instance, a turn: {_by_command(busy.sent, turns)}")
+    print(f"  run inside its scripts, a turn: {_by_command(busy.scripted, turns)}")
+    print(f"  sent while idle, a second: {_by_command(idle.sent, idle_seconds)}")
+    print(
+        f"  {sent / turns:.2f} commands sent a turn ({(sent - background) / turns:.2f} net of "
+        f"what it sends idle); Redis ran {(sent + sum(busy.scripted.values())) / turns:.2f} "
+        "a turn with the scripts' own"
+    )
+    return sent / turns
 
 
 # -- 3. kill -9 until archived ----------------------------------------------------------
@@ -231,6 +277,22 @@ def _archived_as_error(data_dir: Path) -> int:
     )
 
 
+async def _kill_and_wait(
+    victim: subprocess.Popen[bytes], port: int, count: int, data_dir: Path
+) -> float:
+    """Seconds from kill -9 of ``victim``, holding ``count`` sessions, to all archived."""
+    sockets = await _hold(port, count)
+    victim.kill()
+    killed = time.monotonic()
+    while _archived_as_error(data_dir) < count:
+        if time.monotonic() - killed > 120:
+            raise RuntimeError("the dead instance's sessions were not archived in 120 s")
+        await asyncio.sleep(0.02)
+    elapsed = time.monotonic() - killed
+    await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+    return elapsed
+
+
 def bench_kill(count: int, ttl: float, repeats: int) -> float:
     """Seconds from kill -9 of the instance holding ``count`` sessions to all archived."""
     times: list[float] = []
@@ -238,23 +300,10 @@ def bench_kill(count: int, ttl: float, repeats: int) -> float:
         with tempfile.TemporaryDirectory() as tmp, _redis(Path(tmp)) as client:
             data_dir = Path(tmp) / "data"
             env = _redis_env(client, INSTANCE_TTL=f"{ttl:g}")
-            with ExitStack() as stack:
-                victim, port = stack.enter_context(_server("chat", data_dir, env=env))
-                stack.enter_context(_server("chat", data_dir, env=env))
-                loop = asyncio.new_event_loop()
-                sockets = loop.run_until_complete(_hold(port, count))
-                victim.kill()
-                killed = time.monotonic()
+            with _server("chat", data_dir, env=env) as (victim, port):
+                with _server("chat", data_dir, env=env):
+                    times.append(asyncio.run(_kill_and_wait(victim, port, count, data_dir)))
                 victim.wait()
-                while _archived_as_error(data_dir) < count:
-                    if time.monotonic() - killed > 10 * ttl + 30:
-                        raise RuntimeError("the dead instance's sessions were not archived")
-                    time.sleep(0.02)
-                times.append(time.monotonic() - killed)
-                loop.run_until_complete(
-                    asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
-                )
-                loop.close()
     median = statistics.median(times)
     print_title(f"3. kill -9 of an instance holding {count} WebSocket sessions")
     print(
@@ -316,16 +365,61 @@ def bench_memory(count: int) -> float:
             f"  while its messages are recent a user also has a rate list of "
             f"{format_bytes(statistics.median(rate))} (not counted: it expires)"
         )
-    print(f"  used_memory grew {format_bytes((after - before) / count)} a session")
+    largest = sorted(sizes.items(), key=lambda item: -item[1])[:3]
+    print("  largest keys: " + ", ".join(f"{k} {format_bytes(v)}" for k, v in largest))
+    print(
+        f"  used_memory grew {format_bytes((after - before) / count)} a session (it also "
+        "counts the rate lists, client buffers and allocator overhead)"
+    )
     return per_session
 
 
 # -- 5. behind HAProxy: two instances against one ---------------------------------------
 
 
+_TRIP_TIMEOUT = 10.0  # seconds: a round trip not answered by then is counted as stuck
+
+
+async def _load_through(port: int, clients: int, seconds: float) -> tuple[float, list[float], int]:
+    """Round trips per second through a proxy, their latencies, and how many connections
+    got stuck (no ``done`` within `_TRIP_TIMEOUT`): bounded, so a lost reply is counted
+    rather than waited for forever."""
+    url = f"ws://{HOST}:{port}/ws"
+    sockets = await asyncio.gather(*(_open(url, f"user{i}", True) for i in range(clients)))
+    latencies: list[float] = []
+    stuck = 0
+
+    async def answered(ws: ClientConnection) -> bool:
+        nonlocal stuck
+        try:
+            await asyncio.wait_for(_round_trip(ws, True), _TRIP_TIMEOUT)
+        except TimeoutError:
+            stuck += 1
+            return False
+        return True
+
+    # A first round trip each, untimed: it starts the session's dialog file.
+    warm = await asyncio.gather(*(answered(ws) for ws in sockets))
+    stop = time.monotonic() + seconds
+
+    async def worker(ws: ClientConnection) -> None:
+        while time.monotonic() < stop:
+            started = time.perf_counter()
+            if not await answered(ws):
+                return
+            latencies.append(time.perf_counter() - started)
+
+    began = time.monotonic()
+    await asyncio.gather(*(worker(ws) for ws, ok in zip(sockets, warm, strict=True) if ok))
+    elapsed = time.monotonic() - began
+    await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+    return len(latencies) / elapsed, latencies, stuck
+
+
 def bench_haproxy(clients: int, seconds: float, repeats: int) -> float:
     rates: dict[int, list[float]] = {1: [], 2: []}
     p99s: dict[int, list[float]] = {1: [], 2: []}
+    stuck: dict[int, int] = {1: 0, 2: 0}
     for _ in range(repeats):
         for count in (1, 2):
             with tempfile.TemporaryDirectory() as tmp, _redis(Path(tmp)) as client:
@@ -336,15 +430,17 @@ def bench_haproxy(clients: int, seconds: float, repeats: int) -> float:
                         for _ in range(count)
                     ]
                     proxy = stack.enter_context(_haproxy([port for _, port in servers]))
-                    load = asyncio.run(_load(proxy, clients, seconds, "chat", servers[0][0].pid))
-            rates[count].append(load.rate)
-            p99s[count].append(_percentile(load.latencies, 0.99))
+                    rate, latencies, lost = asyncio.run(_load_through(proxy, clients, seconds))
+            rates[count].append(rate)
+            p99s[count].append(_percentile(latencies, 0.99))
+            stuck[count] += lost
     print_title(f"5. behind HAProxy, {clients} WebSocket connections, median of {repeats}")
     for count in (1, 2):
         print(
             f"  {count} instance{'s' if count > 1 else ''}: "
             f"{statistics.median(rates[count]):,.0f}/s "
-            f"(p99 {statistics.median(p99s[count]) * 1e3:.1f} ms)"
+            f"(p99 {statistics.median(p99s[count]) * 1e3:.1f} ms; "
+            f"{stuck[count]} connections stuck in all)"
         )
     ratio = statistics.median(rates[2]) / statistics.median(rates[1])
     print(f"  two / one: {ratio:.2f} (server side on {len(_cpus()[1])} CPU of {os.cpu_count()})")

@@ -148,3 +148,17 @@ async def test_archives_older_than_the_journal_are_journalled_once(tmp_path: Pat
     assert [a.first_words for a in await store.list_archives("amy")] == ["new"]
     assert (journal / ".complete").exists()
     assert await store.expire_archives(T0 + timedelta(days=1)) == []
+
+
+async def test_the_index_and_journal_are_private_like_the_dialogs(tmp_path: Path) -> None:
+    """The index holds the dialogs' text and the journal who talked when: both are 0600."""
+    store = YamlDialogStore(tmp_path / "data")
+    await add_archive(store, "amy", "private words", T0)
+    await add_archive(store, "amy", "more", T0 + timedelta(hours=1))
+    await store.list_archives("amy")
+    archived = store.dialogs_dir("amy") / "archived"
+    (archived / f"{T0:%Y-%m-%d-%H-%M-%S}.yaml").unlink()
+    await store.list_archives("amy")  # rewrites the index
+    paths = [archived / SUMMARIES, archived / TEXTS]
+    paths += list((tmp_path / "data" / "archive-journal").iterdir())
+    assert {path.stat().st_mode & 0o777 for path in paths} == {0o600}

@@ -117,6 +117,6 @@ def test_purge_refuses_while_a_server_holds_the_data_dir(
             check=False,
         )
     assert holder.returncode == 1
-    assert "a server holds" in holder.stderr
+    assert "stop it first" in holder.stderr
     assert (tmp_path / "users" / "alice" / "dialogs" / "archived" / f"{archived}.yaml").exists()
     assert main(["purge", "alice", "--data-dir", str(tmp_path)]) == 0  # the lock is free now

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from chatsession import ChatServer, DataDirLocked, Settings, StorageError
 from chatsession.models import EchoModel
-from chatsession.storage import MemoryDialogStore
+from chatsession.storage import MemoryDialogStore, YamlDialogStore
 from chatsession.storage._lock import DataDirLock
 from tests.conftest import collect
+
+_NOW = datetime(2024, 1, 15, 10, 30, tzinfo=UTC)
 
 
 def _current(data: Path, user: str) -> Path:
@@ -66,24 +69,34 @@ def test_the_lock_file_names_its_owner(tmp_path: Path) -> None:
     DataDirLock(tmp_path).acquire()  # released: anyone may take it
 
 
-async def test_a_dialog_unlinked_under_the_store_refuses_the_message(
+async def test_a_dialog_archived_by_another_process_refuses_the_message(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A current.yaml archived away by another process: StorageError, an ERROR, no ack."""
+    """current.yaml archived by another store (as a second server would): StorageError, an
+    ERROR naming the file, and nothing written to the archive it became."""
     async with ChatServer(Settings(chat_model="echo", data_dir=tmp_path)) as chat:
         await collect(chat, "alice", "one")
         path = _current(tmp_path, "alice")
-        elsewhere = tmp_path / "taken.yaml"
-        os.link(path, elsewhere)  # what another process's recovery does: link, then unlink
-        path.unlink()
-        kept = elsewhere.read_bytes()
+        other = YamlDialogStore(tmp_path)  # the store of another process, no lock taken
+        archive_id = await other.archive_current("alice", ended_at=_NOW, reason="recovered")
+        assert archive_id is not None
+        archived = (await other.load_archive("alice", archive_id)).messages
         with (
             caplog.at_level(logging.ERROR, "chatsession.storage"),
-            pytest.raises(StorageError, match="unlinked or replaced"),
+            pytest.raises(StorageError, match="unlinked, replaced or written by another"),
         ):
             await collect(chat, "alice", "two")
         assert str(path) in caplog.text
-        assert elsewhere.read_bytes() == kept  # nothing written into a file nobody reads
+        assert (await other.load_archive("alice", archive_id)).messages == archived
+
+
+async def test_a_dialog_unlinked_under_the_store_refuses_the_message(tmp_path: Path) -> None:
+    """current.yaml deleted while open: the message is refused, not written to nowhere."""
+    async with ChatServer(Settings(chat_model="echo", data_dir=tmp_path)) as chat:
+        await collect(chat, "alice", "one")
+        _current(tmp_path, "alice").unlink()
+        with pytest.raises(StorageError, match="unlinked, replaced or written by another"):
+            await collect(chat, "alice", "two")
 
 
 async def test_a_dialog_replaced_under_the_store_refuses_the_message(tmp_path: Path) -> None:
@@ -94,7 +107,7 @@ async def test_a_dialog_replaced_under_the_store_refuses_the_message(tmp_path: P
         replacement = path.with_name("other.yaml")
         replacement.write_bytes(path.read_bytes())
         os.replace(replacement, path)
-        with pytest.raises(StorageError, match="unlinked or replaced"):
+        with pytest.raises(StorageError, match="unlinked, replaced or written by another"):
             await collect(chat, "alice", "two")
         assert "two" not in path.read_text()
 

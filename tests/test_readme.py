@@ -106,3 +106,16 @@ def test_the_http_and_sse_examples_print_what_the_readme_shows(tmp_path: Path) -
         printed = _run_shell(single_reply, server.port, tmp_path)
         assert printed.strip().splitlines() == [line.rstrip("#").strip() for line in shown]
     assert os.path.isdir(tmp_path / "data")
+
+
+def test_the_readme_install_and_the_makefile_build_llama_cpp_with_the_same_flags() -> None:
+    """The CMake flags of the README's install without make are the Makefile's."""
+    makefile = (Path(__file__).parent.parent / "Makefile").read_text(encoding="utf-8")
+    found = re.search(r"^LLAMA_CMAKE_ARGS \?= (.*?[^\\])$", makefile, re.MULTILINE | re.DOTALL)
+    assert found is not None
+    in_makefile = set(found.group(1).replace("\\\n", " ").split())
+    quoted = re.search(r'CMAKE_ARGS="([^"]*)"', README)
+    assert quoted is not None
+    assert set(quoted.group(1).split()) == in_makefile
+    assert "-DGGML_NATIVE=OFF" in in_makefile
+    assert "-DLLAVA_BUILD=OFF" in in_makefile

@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 from chatsession.domain import Message, SessionInfo
+
+T = TypeVar("T")
 
 
 class Session:
@@ -87,3 +91,23 @@ class Connection:
 
     def fail(self) -> None:
         self.failed = True
+
+
+async def run_to_completion(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run ``coroutine`` to its end even if the caller is cancelled meanwhile.
+
+    The cancellation is passed on once the coroutine is done, so the caller still stops,
+    but never between a write and the bookkeeping that records it.
+    """
+    task = asyncio.ensure_future(coroutine)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        while not task.done():
+            try:
+                await asyncio.wait([task])
+            except asyncio.CancelledError:
+                continue
+        if not task.cancelled():
+            task.exception()  # retrieved: the caller is being cancelled, not told of it
+        raise

@@ -143,10 +143,19 @@ class ChatServer:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Archive every session (``shutdown``), stop background work, flush. Idempotent.
+        """Shut down, in this order. Idempotent.
 
-        Replies still streaming get ``shutdown_grace`` seconds, then are cancelled; event
-        handlers of the last sessions get what is left of a second grace period.
+        1. Refuse new work, and stop the background work (sweeper, flusher, recovery).
+        2. End what ends with this instance (``shutdown``): replies still streaming get
+           ``shutdown_grace`` seconds, then are cancelled and stored as far as they got; a
+           session with connections on another instance is handed over and goes on there.
+        3. Give the event handlers of those last sessions up to ``shutdown_grace`` more.
+        4. Leave the cluster (other instances stop counting this one's connections),
+           flush and close the store, close the model, release the data dir.
+
+        A transport closes its connections after this returns (see
+        `chatsession.web.shutdown`), so their sessions end as ``shutdown``, not
+        ``disconnect``.
         """
         if self._state is not _State.RUNNING:
             if self._state is _State.UNOPENED:
@@ -157,26 +166,32 @@ class ChatServer:
             task.cancel()
         try:
             await self._sessions.shutdown()
-            pending = [task for task in self._tasks if not task.done()]
-            if pending:
-                await asyncio.wait(pending, timeout=self.settings.shutdown_grace)
+            await self._let_handlers_finish()
         finally:
             self._state = _State.CLOSED
-            for task in self._tasks:
-                task.cancel()
-            self._events.bind(None)
-            self._sessions.bind(None)
+            await self._release_resources()
+
+    async def _let_handlers_finish(self) -> None:
+        pending = [task for task in self._tasks if not task.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=self.settings.shutdown_grace)
+
+    async def _release_resources(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        self._events.bind(None)
+        self._sessions.bind(None)
+        try:
+            await self.registry.aclose()
+            await self.store.aclose()
+            await self.model.aclose()
+        finally:
+            assert self._task_group is not None
             try:
-                await self.registry.aclose()
-                await self.store.aclose()
-                await self.model.aclose()
+                await self._task_group.__aexit__(None, None, None)
             finally:
-                assert self._task_group is not None
-                try:
-                    await self._task_group.__aexit__(None, None, None)
-                finally:
-                    if self._lock is not None:
-                        self._lock.release()
+                if self._lock is not None:
+                    self._lock.release()
 
     @property
     def running(self) -> bool:

@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import fcntl
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from chatsession._exceptions import ChatSessionError, ConfigError
+from chatsession._exceptions import ChatSessionError, ConfigError, DataDirLocked
 from chatsession.domain import ArchiveSummary
 from chatsession.settings import Settings, environment_variables, setting_help
+from chatsession.storage._lock import DataDirLock
 from chatsession.storage._yaml_format import dump_dialog
 from chatsession.storage.files import YamlDialogStore
 
@@ -194,33 +194,24 @@ def _show_dialog(args: argparse.Namespace) -> int:
 
 
 def _purge_user(args: argparse.Namespace) -> int:
-    if _server_holds(args.data_dir) and not args.force:
-        print(
-            f"chatsession: a server holds {args.data_dir} (its .lock is taken); erase the user "
-            "through it (DELETE /users/USER), or stop it first, or pass --force",
-            file=sys.stderr,
-        )
-        return 1
-    store = YamlDialogStore(args.data_dir)
-    removed = asyncio.run(store.purge_user(args.user))
+    # Held while purging, so that no server starts on the data dir meanwhile.
+    lock = DataDirLock(args.data_dir)
+    try:
+        lock.acquire()
+    except DataDirLocked as exc:
+        if not args.force:
+            print(
+                f"chatsession: {exc}\nErase the user through that server "
+                "(DELETE /users/USER), or stop it first, or pass --force.",
+                file=sys.stderr,
+            )
+            return 1
+    try:
+        removed = asyncio.run(YamlDialogStore(args.data_dir).purge_user(args.user))
+    finally:
+        lock.release()
     print(f"erased {args.user!r}: {removed} archives and any current dialog removed")
     return 0
-
-
-def _server_holds(data_dir: Path) -> bool:
-    """Whether a running server holds ``data_dir``'s lock file (``DATA_DIR/.lock``)."""
-    lock = data_dir / ".lock"
-    if not lock.exists():
-        return False
-    try:
-        with open(lock, "a") as file:
-            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            fcntl.flock(file.fileno(), fcntl.LOCK_UN)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return True  # cannot tell: assume the worst, --force overrides
-    return False
 
 
 if __name__ == "__main__":

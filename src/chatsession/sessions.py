@@ -42,12 +42,12 @@ from chatsession._exceptions import (
     RegistryUnavailable,
     ServerClosedError,
 )
-from chatsession._state import Connection, Session, UserLock
+from chatsession._state import Connection, Session, UserLock, run_to_completion
 from chatsession._types import EndReason
 from chatsession.domain import SessionEvent, SessionInfo
 from chatsession.events import EventEmitter
 from chatsession.models.base import ChatModel
-from chatsession.registry.base import Adopted, Claim, Inbox, Record, Route, SessionRegistry
+from chatsession.registry.base import Claim, Inbox, Record, Route, SessionRegistry
 from chatsession.settings import Settings
 from chatsession.storage._paths import check_user_id
 from chatsession.storage.base import DialogStore
@@ -75,7 +75,9 @@ class SessionManager:
         events: EventEmitter,
         registry: SessionRegistry,
     ) -> None:
-        from chatsession.turns import Turns  # the turns reach back into the manager
+        # The turns and the peers reach back into the manager.
+        from chatsession._peers import Peers
+        from chatsession.turns import Turns
 
         self.settings = settings
         self.store = store
@@ -93,6 +95,7 @@ class SessionManager:
         self._spawn: Spawn | None = None
         self._closing = False
         self.turns = Turns(self)
+        self.peers = Peers(self)
 
     # -- the manager's own lifecycle ---------------------------------------------------
 
@@ -104,11 +107,11 @@ class SessionManager:
         """Join the registry: from now on other instances may ask things of this one."""
         await self.registry.open(
             Inbox(
-                release=self._hand_over,
-                take=self._take,
+                release=self.peers.hand_over,
+                take=self.peers.take,
                 deliver=self._deliver_here,
-                adopt=self._adopt,
-                lost=self._lost,
+                adopt=self.peers.adopt,
+                lost=self.peers.lost,
             )
         )
 
@@ -398,7 +401,7 @@ class SessionManager:
                     return None
             if session_id is not None and session.session_id != session_id:
                 return None  # that session ended; this is a later one
-            return await _complete(self._close(session, reason, due=due))
+            return await run_to_completion(self._close(session, reason, due=due))
 
     async def _close(self, session: Session, reason: EndReason, *, due: bool) -> str | None:
         """Archive the dialog and forget the session, as one step."""
@@ -448,47 +451,11 @@ class SessionManager:
 
     # -- other instances ---------------------------------------------------------------
 
-    async def _hand_over(self, user_id: str, to: str) -> None:
-        """Another instance needs to write this user's dialog: let it, once done here.
-
-        The lock is taken first come, first served, so the turns already waiting here run
-        before the session goes, and the ones after them ask for it back.
-        """
-        async with self._locked(user_id):
-            session = self._sessions.get(user_id)
-            if session is not None:
-                await self._hand_over_now(session, to)
-            else:
-                await self.registry.release(user_id, to)
-        logger.debug("handed the session of %r over to %s", user_id, to)
-
     async def _hand_over_now(self, session: Session, to: str = "") -> None:
+        """Give an owned session up (the caller holds the user's lock)."""
         self.store.forget(session.user_id)
         self._forget(session)
         await self.registry.release(session.user_id, to)
-
-    async def _take(self, user_id: str) -> None:
-        """A session was handed to this instance: own it here (it expires here now)."""
-        async with self._locked(user_id):
-            if user_id not in self._sessions and not self._closing:
-                await self._own(user_id, None, create=False)
-
-    async def _adopt(self, adopted: list[Adopted]) -> None:
-        """Sessions an instance that died left behind: finish, end or keep each."""
-        me = self.registry.instance_id
-        for item in adopted:
-            user_id, session_id = item.record.user_id, item.record.session_id
-            if item.record.owner == me:
-                async with self._locked(user_id):
-                    session = self._sessions.get(user_id)
-                    if session is None:
-                        session = self._install(Claim(item.record, moved=True))
-                        await self._reload(session)
-                    if item.ending and item.pending is not None:
-                        await _complete(self._close(session, item.pending, due=False))
-                        continue
-            if item.pending is not None and not item.ending:
-                self._end_later(user_id, item.pending, session_id)
 
     async def _reload(self, session: Session) -> None:
         """Read the dialog another instance wrote, to go on from there."""
@@ -500,13 +467,6 @@ class SessionManager:
             return
         if dialog is not None and dialog.session_id == session.session_id:
             session.messages = dialog.messages or None
-
-    async def _lost(self) -> None:
-        """This instance was taken for dead: what it owned may be owned elsewhere now."""
-        for session in list(self._sessions.values()):
-            self.store.forget(session.user_id)
-            self._forget(session)
-        logger.error("this instance was taken for dead; it no longer owns any session")
 
     def _deliver_here(self, user_id: str, frame: dict[str, Any]) -> None:
         self.events.emit("user_frame", user_id, frame)
@@ -646,26 +606,6 @@ class SessionManager:
         self._grace_timers.pop(user_id, None)
         if user_id not in self._connections and self._spawn is not None:
             self._start_task(self._end_logged(user_id, reason, session_id=session_id))
-
-
-async def _complete(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run ``coroutine`` to its end even if the caller is cancelled meanwhile.
-
-    The cancellation is passed on once the coroutine is done, so the caller still stops,
-    but never between a write and the bookkeeping that records it.
-    """
-    task = asyncio.ensure_future(coroutine)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        while not task.done():
-            try:
-                await asyncio.wait([task])
-            except asyncio.CancelledError:
-                continue
-        if not task.cancelled():
-            task.exception()  # retrieved: the caller is being cancelled, not told of it
-        raise
 
 
 def _check_session_id(session_id: str | None) -> None:

@@ -71,6 +71,8 @@ variable                       meaning                                    defaul
 ``INSTANCE_TTL``               seconds before a silent instance counts    ``10``
                                as dead
 ``INSTANCE_ID``                this instance's name in the cluster        random
+``ARCHIVE_RETENTION_DAYS``     days an archive is kept; older ones are    forever
+                               deleted by the server's sweep
 =============================  =========================================  ==============
 
 Without ``JWT_SECRET`` or ``JWT_PUBLIC_KEY`` the server runs in development mode: it trusts

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from httpx_sse import aconnect_sse
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus
+from websockets.exceptions import ConnectionClosed
 
 from chatsession.storage import YamlDialogStore
 from tests.web.conftest import LiveFactory, serve_process
@@ -191,28 +191,27 @@ async def test_shutdown_in_every_state_closes_with_1001_and_archives_once(
     the grace; each session is archived at most once, as shutdown, with whole turns; every
     reply a client began to receive is in its archive; nothing is logged as an error.
 
-    A shutdown may come before the server has read a client's first frame: that client's
-    session then has nothing to archive, which is not a loss (nothing was acknowledged).
+    Every client is connected before the shutdown; it may still come before the server has
+    read a client's first chat frame: that session then has nothing to archive, which is
+    no loss (nothing was acknowledged).
     """
     monkeypatch.setattr("chatsession.web.ws._WATCH_AFTER", 0.05)
     rng = random.Random(seed)
     codes: dict[str, int | None] = {}
     replies_seen: dict[str, int] = {}  # replies whose first frame reached the client
-    refused: set[str] = set()  # connected too late: refused (503), or never answered
+    users = {f"s{i}": rng.choice(["idle", "chat", "ping"]) for i in range(30)}
+    sends = {
+        user: {"idle": 0, "chat": rng.randint(1, 3), "ping": 20}[m] for user, m in users.items()
+    }
+    connected = {user: asyncio.Event() for user in users}
 
-    sends = {"idle": 0, "chat": rng.randint(1, 3), "ping": 20}
-
-    async def client(user: str, url: str, mode: str) -> None:
-        frame = json.dumps({"type": "ping"} if mode == "ping" else {"text": TEXT})
-        try:
-            ws = await connect(url, additional_headers={"x-user-id": user})
-        except (InvalidStatus, InvalidMessage):  # connecting once the shutdown had begun
-            refused.add(user)
-            return
-        async with ws:
+    async def client(user: str, url: str) -> None:
+        frame = json.dumps({"type": "ping"} if users[user] == "ping" else {"text": TEXT})
+        async with connect(url, additional_headers={"x-user-id": user}) as ws:
+            await ws.recv()  # the session frame: the server holds the connection
+            connected[user].set()
             try:
-                await ws.recv()
-                for _ in range(sends[mode]):
+                for _ in range(sends[user]):
                     await ws.send(frame)
             except ConnectionClosed:
                 pass  # the shutdown came first; the close code is read below
@@ -220,15 +219,14 @@ async def test_shutdown_in_every_state_closes_with_1001_and_archives_once(
             replies_seen[user] = _replies_begun(frames)
 
     async with live(chat_model="echo?delay=0.02", shutdown_grace=0.5) as server:
-        users = {f"s{i}": rng.choice(["idle", "chat", "ping"]) for i in range(30)}
-        clients = [asyncio.ensure_future(client(u, server.ws_url, m)) for u, m in users.items()]
-        await asyncio.sleep(rng.uniform(0.01, 0.2))
+        clients = [asyncio.ensure_future(client(user, server.ws_url)) for user in users]
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in connected.values())), 15)
+        await asyncio.sleep(rng.uniform(0.0, 0.2))  # stop while they chat, ping or idle
         stopped = time.monotonic()
         server.server.should_exit = True
         await asyncio.wait_for(asyncio.gather(*clients), 15)
         assert time.monotonic() - stopped < 8
-    assert set(codes.values()) == {1001}, codes  # every accepted connection: going away
-    assert len(codes) + len(refused) == len(users)
+    assert set(codes.values()) == {1001}, codes
     for user, mode in users.items():
         archives = await server.archives(user)
         assert len(archives) <= 1, (user, archives)
@@ -236,13 +234,13 @@ async def test_shutdown_in_every_state_closes_with_1001_and_archives_once(
             assert archives == [], (user, mode)  # pings and idling store nothing
             continue
         if not archives:
-            assert replies_seen.get(user, 0) == 0, user  # a reply streamed, yet nothing kept
+            assert replies_seen[user] == 0, user  # a reply streamed, yet nothing was kept
             continue
         assert archives[0].end_reason == "shutdown"
         dialog = await server.store().load_archive(user, archives[0].archive_id)
         assert_whole(dialog)
         replies = [m for m in dialog.messages if m.role == "assistant"]
-        assert len(replies) >= replies_seen.get(user, 0), user
+        assert len(replies) >= replies_seen[user], user
     assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
 
 

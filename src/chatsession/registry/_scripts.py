@@ -4,7 +4,10 @@ Every script touches one user's keys only — ``{prefix}{user}:session`` (a hash
 ``{prefix}{user}:rate`` (a list) — which share a hash tag, so each runs on one slot of a
 Redis Cluster. Times come from the server's clock (``TIME``), so instances need not agree.
 
-The session hash holds ``sid`` (session id), ``st`` (started, ms), ``la`` (last activity,
+The rate list holds the times of the user's last messages. The owner counts them in its
+own memory (every chat turn runs on the owner) and writes them here when the session
+leaves it, so the next owner goes on counting; the list expires a minute after its last
+message. The session hash holds ``sid`` (session id), ``st`` (started, ms), ``la`` (last activity,
 ms), ``own`` (owning instance; empty while nobody owns it), ``ep`` (the owner's epoch,
 bumped at every change of owner), ``end`` (the reason, while an end is under way), ``dc``
 (why it will end, once its last connection closed) and per instance ``c:ID`` (connections
@@ -123,9 +126,8 @@ return 1
 """
 )
 
-# KEYS: session, rate. ARGV: me, messages a minute (0: no limit), window ms.
-# Codes: 1 go on (with the route), -1 no session, -2 owned elsewhere, -3 over the rate
-# limit (extra: ms until the next message may be sent).
+# KEYS: session. ARGV: me. Marks the owner's session active now and answers the route.
+# Codes: 1 go on (with the route), -1 no session, -2 owned elsewhere.
 TURN = (
     _COMMON
     + """
@@ -133,18 +135,6 @@ local me, now = ARGV[1], now_ms()
 local own = redis.call('HGET', KEYS[1], 'own')
 if not own then return {-1} end
 if own ~= me then return {-2} end
-local limit, window = tonumber(ARGV[2]), tonumber(ARGV[3])
-if limit > 0 then
-  if redis.call('LLEN', KEYS[2]) >= limit then
-    local oldest = tonumber(redis.call('LINDEX', KEYS[2], limit - 1))
-    if oldest and now - oldest < window then
-      return {-3, '', '0', '0', '', 0, '', '', tostring(window - (now - oldest))}
-    end
-  end
-  redis.call('LPUSH', KEYS[2], now)
-  redis.call('LTRIM', KEYS[2], 0, limit - 1)
-  redis.call('PEXPIRE', KEYS[2], window)
-end
 redis.call('HSET', KEYS[1], 'la', now)
 local rec, total, conns, chans = scan(KEYS[1], me)
 return reply(1, rec, total, conns, chans)
@@ -176,6 +166,7 @@ return reply(1, rec, total, conns, chans)
 )
 
 # KEYS: session, rate. ARGV: me. Codes: 1 forgotten (with the route), -2 owned elsewhere.
+# The rate window (the user's, not the session's) is kept.
 FINISH_END = (
     _COMMON
     + """
@@ -183,9 +174,8 @@ local rec, total, conns, chans = scan(KEYS[1], ARGV[1])
 if rec['own'] ~= ARGV[1] then return reply(-2, rec, total, conns, chans) end
 if total > 0 then
   redis.call('HDEL', KEYS[1], 'sid', 'st', 'la', 'own', 'ep', 'end', 'dc')
-  redis.call('DEL', KEYS[2])
 else
-  redis.call('DEL', KEYS[1], KEYS[2])
+  redis.call('DEL', KEYS[1])
 end
 return reply(1, rec, total, conns, chans)
 """

@@ -22,8 +22,12 @@ writing (`check_writable`) 0.7 of ``INSTANCE_TTL`` after the last renewal it *se
 it has stopped before its key can expire anywhere, and a survivor takes its sessions only
 once the key has expired. A live owner hands a session over when asked through its inbox,
 after the turn it is running; each change of owner bumps the session's epoch, and every
-script that writes checks the caller is the owner. A steady chat costs one script call per
-turn (the rate limit, the activity and the route to other instances together).
+script that writes checks the caller is the owner.
+
+**A steady chat costs no Redis command.** Every turn runs on the owner, so the owner counts
+the user's rate limit in its own memory, and hands the count on with the session. It marks
+the session active in Redis (and learns where the user's other connections are) at most
+once a second; an instance where a connection of the user opens tells the owner at once.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import os
 import socket
 import time
 import uuid
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from hashlib import sha1
@@ -50,7 +54,7 @@ from chatsession._exceptions import (
 )
 from chatsession._types import END_REASONS, EndReason
 from chatsession.registry import _scripts
-from chatsession.registry.base import Adopted, Claim, EndCheck, Inbox, Record, Route
+from chatsession.registry.base import NO_ROUTE, Adopted, Claim, EndCheck, Inbox, Record, Route
 from chatsession.settings import Settings
 from chatsession.storage._paths import directory_name
 
@@ -64,6 +68,7 @@ _WINDOW_MS = 60_000  # the rate limit counts messages in any sliding minute
 _INBOX_LENGTH = 10_000  # an inbox keeps about this many entries
 _CLAIM_WAIT = 0.01  # first pause while a session is being ended or handed over
 _ASK_AGAIN = 0.5  # seconds before a handover is asked for again
+_POOL_SIZE = 256  # connections to Redis at most; more commands at once wait their turn
 
 
 class RedisRegistry:
@@ -90,14 +95,26 @@ class RedisRegistry:
             "decode_responses": True,
         }
         self._client: Any
+        self._pool: Any = None
         if settings.redis_cluster:
             self._client = RedisCluster.from_url(self._url, **options)
             self._reader: Any = self._client
         else:
-            self._client = aioredis.from_url(self._url, **options)
+            # Past its size, a command waits for a free connection rather than fail.
+            pool = aioredis.BlockingConnectionPool.from_url(
+                self._url, max_connections=_POOL_SIZE, timeout=self._ttl / 2, **options
+            )
+            self._pool = pool
+            self._client = aioredis.Redis(connection_pool=pool)
             self._reader = aioredis.from_url(
                 self._url, **{**options, "socket_timeout": max(5.0, self._ttl)}
             )
+        # The owner marks a session active in Redis at most this often (a chat turn costs no
+        # Redis command in between); the rate limit it counts itself.
+        self._touch_every = min(1.0, settings.session_timeout / 10)
+        self._touched: dict[str, float] = {}  # user -> monotonic time of the last mark
+        self._windows: dict[str, deque[float]] = {}  # user -> times (s) of recent messages
+        self._routes: dict[str, Route] = {}
         self._shas = {
             name: sha1(getattr(_scripts, name).encode()).hexdigest()
             for name in (
@@ -149,6 +166,9 @@ class RedisRegistry:
         for client in {id(self._reader): self._reader, id(self._client): self._client}.values():
             with contextlib.suppress(Exception):  # a broken connection may fail to close
                 await client.aclose()
+        if self._pool is not None:  # made here, so closed here
+            with contextlib.suppress(Exception):
+                await self._pool.aclose()
         if self._reading is not None:
             self._reading.cancel()
             await asyncio.wait([self._reading], timeout=2)
@@ -185,6 +205,8 @@ class RedisRegistry:
         held = self._held[user_id]
         held[0] += 1
         held[1] += int(channel)
+        if record.owner and record.owner != self.instance_id:
+            self._send(record.owner, {"k": "route", "u": user_id})  # frames now come here too
         return record, created
 
     async def _open_session(
@@ -239,10 +261,14 @@ class RedisRegistry:
             return None
         record = self._from_reply(user_id, reply)
         await self._now_own(user_id, record)
+        if code != 1:  # the previous owner left the user's recent messages to count on
+            times = await self._call(self._client.lrange(self._rate_key(user_id), 0, -1))
+            self._windows[user_id] = deque(sorted(float(t) for t in times))
         # Owned here but not loaded (code 2) reads the dialog again like a move does.
         return Claim(record, created=code == 1, moved=code != 1)
 
     async def release(self, user_id: str, to: str = "") -> None:
+        await self._save_window(user_id)
         released = await self._script("RELEASE", [self._key(user_id)], [self.instance_id, to])
         await self._disown(user_id)
         if released and to:
@@ -253,22 +279,19 @@ class RedisRegistry:
 
     async def begin_turn(self, user_id: str, rate_limit: int) -> Route:
         self.check_writable()
-        reply = await self._script(
-            "TURN",
-            [self._key(user_id), self._rate_key(user_id)],
-            [self.instance_id, rate_limit, _WINDOW_MS],
-        )
-        code = int(reply[0])
-        if code == -3:
-            retry = max(1, round(int(reply[8]) / 1000))
-            raise TooManyRequests(
-                f"too many messages: the limit is {rate_limit} a minute; try again in {retry} s",
-                retry_after=retry,
-            )
-        if code < 0:
+        if rate_limit:
+            _count_message(self._windows.setdefault(user_id, deque()), rate_limit, time.time())
+        now = time.monotonic()
+        last = self._touched.get(user_id)
+        if last is not None and now - last < self._touch_every:
+            return self._routes.get(user_id, NO_ROUTE)
+        self._touched[user_id] = now
+        reply = await self._script("TURN", [self._key(user_id)], [self.instance_id])
+        if int(reply[0]) < 0:
             await self._disown(user_id)
             raise OwnershipLost(f"the session of {user_id!r} is owned by another instance now")
-        return _route(reply)
+        route = self._routes[user_id] = _route(reply)
+        return route
 
     async def begin_end(
         self, user_id: str, reason: EndReason, *, idle_for: float | None, unconnected: bool
@@ -294,6 +317,7 @@ class RedisRegistry:
         return EndCheck(False, "active", _time(reply[8]))
 
     async def finish_end(self, user_id: str) -> Route:
+        await self._save_window(user_id)
         reply = await self._script(
             "FINISH_END", [self._key(user_id), self._rate_key(user_id)], [self.instance_id]
         )
@@ -353,7 +377,7 @@ class RedisRegistry:
             self._send(instance, {"k": "frame", "u": user_id, "f": body})
 
     def check_writable(self) -> None:
-        if time.monotonic() >= self._lease_until:
+        if not self._reachable or time.monotonic() >= self._lease_until:
             raise RegistryUnavailable(
                 "this instance cannot reach Redis to renew its lease, so it may not write "
                 "dialogs now; retry in a moment",
@@ -378,10 +402,8 @@ class RedisRegistry:
             try:
                 await self._beat()
                 await self._reap_the_dead()
-            except RegistryUnavailable as exc:
-                if self._reachable:
-                    logger.error("Redis cannot be reached: %s; retrying", exc)
-                self._reachable, self._reason = False, str(exc)
+            except RegistryUnavailable:
+                pass  # said once, by _lost_redis; the next beat tries again
             except Exception:
                 logger.exception("the heartbeat failed; retrying")
 
@@ -499,9 +521,10 @@ class RedisRegistry:
         while True:
             try:
                 answer = await self._reader.xread({key: last}, count=256, block=1000)
-            except self._redis_error:
+            except self._redis_error as exc:
                 if self._closed:
                     return
+                self._lost_redis(exc)  # noticed at once: this connection is always open
                 await asyncio.sleep(self._ttl / 5)
                 continue
             for _stream, entries in answer or ():
@@ -523,6 +546,8 @@ class RedisRegistry:
             self._background(inbox.release(user_id, fields.get("to", "")))
         elif kind == "owned":
             self._background(inbox.take(user_id))
+        elif kind == "route":
+            self._touched.pop(user_id, None)  # the next turn asks Redis where to send frames
 
     def _background(self, work: Awaitable[None]) -> None:
         task = asyncio.get_running_loop().create_task(self._guarded(work))
@@ -594,9 +619,24 @@ class RedisRegistry:
         await self._count_owned()
 
     async def _disown(self, user_id: str) -> None:
+        self._touched.pop(user_id, None)
+        self._windows.pop(user_id, None)
+        self._routes.pop(user_id, None)
         if self._owned.pop(user_id, None) is not None:
             await self._count_owned()
         await self._untrack_if_idle(user_id)
+
+    async def _save_window(self, user_id: str) -> None:
+        """Leave the user's recent message times for the next owner to go on counting."""
+        window = self._windows.get(user_id)
+        if not window:
+            return
+        key = self._rate_key(user_id)
+        pipe = self._client.pipeline(transaction=True)  # one key: one slot
+        pipe.delete(key)
+        pipe.rpush(key, *(repr(t) for t in window))
+        pipe.pexpire(key, _WINDOW_MS)
+        await self._call(pipe.execute())
 
     async def _track(self, user_id: str) -> None:
         await self._call(self._client.sadd(self._instance_key() + ":users", user_id))
@@ -648,16 +688,25 @@ class RedisRegistry:
         try:
             return await awaitable
         except self._redis_error as exc:
-            self._dirty = self._dirty or not isinstance(exc, self._no_script)
+            if not isinstance(exc, self._no_script):
+                self._lost_redis(exc)
             raise RegistryUnavailable(
                 f"the session registry (Redis) cannot be reached: {exc}",
                 retry_after=max(1, round(self._ttl / 5)),
             ) from exc
         except OSError as exc:
-            self._dirty = True
+            self._lost_redis(exc)
             raise RegistryUnavailable(
                 f"the session registry (Redis) cannot be reached: {exc}", retry_after=1
             ) from exc
+
+    def _lost_redis(self, exc: BaseException) -> None:
+        """Redis failed a command: write no dialog until a heartbeat gets through again
+        (it also puts back, then, whatever did not reach Redis meanwhile)."""
+        self._dirty = True
+        if self._reachable:
+            logger.error("Redis cannot be reached: %s", exc)
+        self._reachable, self._reason = False, str(exc)
 
     def _from_reply(self, user_id: str, reply: list[Any]) -> Record:
         return Record(
@@ -680,6 +729,20 @@ class RedisRegistry:
             connections=connections,
             owner=flat.get("own", ""),
         )
+
+
+def _count_message(window: deque[float], limit: int, now: float) -> None:
+    """Count one message in ``window`` (times in seconds); `TooManyRequests` past ``limit``
+    in the last minute."""
+    while window and window[0] <= now - _WINDOW_MS / 1000:
+        window.popleft()
+    if len(window) >= limit:
+        retry = max(1, round(window[0] + _WINDOW_MS / 1000 - now))
+        raise TooManyRequests(
+            f"too many messages: the limit is {limit} a minute; try again in {retry} s",
+            retry_after=retry,
+        )
+    window.append(now)
 
 
 def _route(reply: list[Any]) -> Route:

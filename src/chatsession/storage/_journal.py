@@ -128,8 +128,7 @@ class ArchiveJournal:
                     days.setdefault(archive_id[:10], []).append(line)
         self.directory.mkdir(parents=True, exist_ok=True)
         for day, lines in days.items():
-            with open(self.directory / f"{day}.jsonl", "a", encoding="utf-8") as file:
-                file.writelines(line + "\n" for line in lines)
+            _append(self.directory / f"{day}.jsonl", "".join(line + "\n" for line in lines))
         (self.directory / COMPLETE).touch()
         if days:
             logger.info(
@@ -145,7 +144,15 @@ def _read_lines(path: Path) -> list[str]:
         return []
 
 
+def _append(path: Path, text: str) -> None:
+    # Private like the dialogs: the journal names users and when they talked.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "a", encoding="utf-8") as file:
+        file.write(text)
+
+
 def _rewrite(path: Path, lines: list[str]) -> None:
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    temporary.unlink(missing_ok=True)
+    _append(temporary, "".join(line + "\n" for line in lines))
     os.replace(temporary, path)

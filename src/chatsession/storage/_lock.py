@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from chatsession._exceptions import DataDirLocked, StorageError
+from chatsession.storage.files import YamlDialogStore
 
 __all__ = ["LOCK_FILE", "DataDirLock", "files_root"]
 
@@ -79,8 +80,6 @@ def files_root(store: object) -> Path | None:
 
     A wrapper (such as the server's timing one) exposes the store it wraps as ``.store``.
     """
-    from chatsession.storage.files import YamlDialogStore
-
     seen = 0
     while not isinstance(store, YamlDialogStore) and hasattr(store, "store") and seen < 8:
         store, seen = store.store, seen + 1

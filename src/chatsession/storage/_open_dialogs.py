@@ -31,19 +31,14 @@ def default_limit() -> int:
 
 
 class OpenDialog:
-    """One user's ``current.yaml``, open for appending; ``size`` is its length in bytes.
+    """One user's ``current.yaml``, open for appending; ``size`` is its length in bytes."""
 
-    ``inode`` is the open file's (device, inode), to tell whether ``path`` still names it.
-    """
-
-    __slots__ = ("fd", "inode", "path", "size")
+    __slots__ = ("fd", "path", "size")
 
     def __init__(self, fd: int, path: str, size: int) -> None:
         self.fd = fd
         self.path = path
         self.size = size
-        opened = os.fstat(fd)
-        self.inode = (opened.st_dev, opened.st_ino)
 
 
 class OpenDialogs:
@@ -91,18 +86,20 @@ class OpenDialogs:
         """Append ``data`` to the user's open ``dialog`` whole, or not at all.
 
         Raises:
-            DialogFileGone: the open file is no longer the user's ``current.yaml`` (it was
-                unlinked or replaced by someone else); nothing was written, and it is closed.
+            DialogFileGone: the open file is no longer this store's alone (it was unlinked,
+                replaced or written by another process); nothing was written; it is closed.
             OSError: the write failed; the file is cut back to its length before, and
                 closed (the next append reopens it and measures it afresh).
         """
-        # One stat of the path: if it no longer names the open file, another process
-        # archived, recovered or replaced it, and a message written here would be lost.
-        if not _still_current(dialog):
+        # One fstat. The store is the file's only writer: a file with no name left, or a
+        # length other than the one it wrote, was archived, recovered, replaced or written
+        # by another process, and a message written here would be lost or would corrupt it.
+        opened = os.fstat(dialog.fd)
+        if opened.st_nlink == 0 or opened.st_size != dialog.size:
             self.close(user_id)
             logger.error(
-                "%s was unlinked or replaced by another process while open: the message is "
-                "refused, not stored (is a second server using this data dir?)",
+                "%s was unlinked, replaced or written by another process while open: the "
+                "message is refused, not stored (is a second server using this data dir?)",
                 dialog.path,
             )
             raise DialogFileGone(dialog.path)
@@ -139,17 +136,8 @@ class DialogFileGone(OSError):
     """The open ``current.yaml`` was unlinked or replaced under the store."""
 
     def __init__(self, path: str) -> None:
-        super().__init__(f"{path} was unlinked or replaced by another process")
+        super().__init__(f"{path} was unlinked, replaced or written by another process")
         self.path = path
-
-
-def _still_current(dialog: OpenDialog) -> bool:
-    """Whether ``dialog.path`` still names the open file (a hard link elsewhere is fine)."""
-    try:
-        named = os.stat(dialog.path)
-    except FileNotFoundError:
-        return False
-    return (named.st_dev, named.st_ino) == dialog.inode
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -192,15 +192,5 @@ def error_frame(exc: BaseException | str, status: int | None = None) -> Frame:
 
 
 def event_frame(event: SessionEvent) -> Frame:
-    frame: Frame = {
-        "type": "session_event",
-        "event": event.type,
-        "userId": event.user_id,
-        "sessionId": event.session_id,
-        "at": event.at.isoformat(),
-    }
-    if event.reason is not None:
-        frame["reason"] = event.reason
-    if event.archive_id is not None:
-        frame["archiveId"] = event.archive_id
-    return frame
+    """A session event as the frame connections receive, here or on another instance."""
+    return event.as_frame()

@@ -1,14 +1,18 @@
-"""Graceful shutdown, shared by uvicorn's server and the app's connections.
+"""Graceful shutdown, read top-down: what happens on SIGTERM or SIGINT, in order.
 
-On SIGTERM or SIGINT the order is: stop accepting; archive every session (``shutdown``),
-giving replies in flight ``SHUTDOWN_GRACE`` seconds; then tell every WebSocket (close code
-1001, "going away") and SSE stream (a last ``shutdown`` frame) to end, and wait for them,
-bounded. Sessions are archived *before* connections close, so their end reason is
-``shutdown`` and not ``disconnect``.
-
-A client that stops reading would hold a last send forever, and the process with it. So
-connections get a deadline once asked to end: the server cuts whatever is still open then
-(which ends the sends waiting on it), and the app's own last sends stop there too.
+1. **Stop accepting** (`ChatUvicornServer.shutdown`): the listening sockets close, and
+   ``/health`` answers 503 ``shutting_down``, so a load balancer sends nobody new.
+2. **End what ends with this instance** (`Drain.run` → `ChatServer.aclose`): replies in
+   flight get ``SHUTDOWN_GRACE`` seconds; every session this instance owns is archived as
+   ``shutdown``, except one with connections on another instance, which is handed over and
+   goes on there; then the instance leaves the cluster and flushes its store.
+3. **Close the connections**: every WebSocket gets close code 1001 ("going away"), every
+   SSE stream a last ``shutdown`` frame. Sessions were archived before, so their end reason
+   is ``shutdown`` and not ``disconnect``. They get a deadline: a client that stops reading
+   would hold a last send forever, and the process with it, so the server cuts whatever is
+   still open then (which ends the sends waiting on it), and the app's own last sends stop
+   there too.
+4. **uvicorn's own shutdown**: the lifespan exits; the process exits 0.
 """
 
 from __future__ import annotations
