@@ -35,7 +35,8 @@ variable                       meaning                                    defaul
 ``DEBUG``                      ``session:*`` turns on session debug logs  empty
 ``HOST``                       the address ``chatsession serve`` binds    ``127.0.0.1``
 ``PORT``                       the port it listens on                     ``8000``
-``JWT_SECRET``                 HS256 secret: turns on JWT authentication  empty
+``JWT_SECRET``                 HS256 secret (32 bytes or more): turns on  empty
+                               JWT authentication
 ``JWT_PUBLIC_KEY``             RS256/ES256 public key (PEM, or a path to  empty
                                a PEM file): turns on JWT authentication
 ``JWT_ALGORITHMS``             accepted algorithms, comma-separated       by key kind
@@ -105,6 +106,8 @@ __all__ = ["Settings"]
 
 logger = logging.getLogger("chatsession.settings")
 
+_MIN_SECRET_BYTES = 32
+_MAKE_SECRET = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 _INSTANCE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _TRUE = frozenset(("1", "true", "yes", "on"))
 _FALSE = frozenset(("0", "false", "no", "off", ""))
@@ -216,6 +219,13 @@ class Settings:
             raise ConfigError(f"port must be between 0 and 65535, got {self.port!r}")
         if self.jwt_secret and self.jwt_public_key:
             raise ConfigError("give jwt_secret (HS256) or jwt_public_key (RS256/ES256), not both")
+        if self.jwt_secret and len(self.jwt_secret.encode()) < _MIN_SECRET_BYTES:
+            # RFC 7518 asks for a key as long as the hash at least: shorter ones can be guessed.
+            raise ConfigError(
+                f"jwt_secret (JWT_SECRET) is {len(self.jwt_secret.encode())} bytes; an HMAC "
+                f"secret must be at least {_MIN_SECRET_BYTES} random bytes, or tokens can be "
+                f"forged by guessing it. Make one with: {_MAKE_SECRET}"
+            )
         for name in ("max_message_bytes", "max_connections_per_user", "max_header_bytes"):
             if not getattr(self, name) >= 1:
                 raise ConfigError(f"{name} must be 1 or more, got {getattr(self, name)!r}")
@@ -492,7 +502,7 @@ _HELP: dict[str, tuple[str, str]] = {
     "DEBUG": ("session:* logs every session start and end", "none"),
     "HOST": ("the address to listen on", "127.0.0.1"),
     "PORT": ("the port to listen on", "8000"),
-    "JWT_SECRET": ("HS256 secret: turns on JWT authentication (environment only)", "none"),
+    "JWT_SECRET": ("HS256 secret, 32+ bytes: turns on JWT (environment only)", "none"),
     "JWT_PUBLIC_KEY": ("RS256/ES256 public key, a PEM or its path: turns on JWT", "none"),
     "JWT_ALGORITHMS": ("accepted JWT algorithms, comma-separated", "by key kind"),
     "JWT_AUDIENCE": ("required aud claim", "none"),

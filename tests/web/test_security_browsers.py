@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
+from websockets.typing import Origin
 
 from tests.web.conftest import LiveFactory, serve_process
 
@@ -22,7 +23,9 @@ EVIL = "https://evil.example"
 async def ws_status(url: str, headers: dict[str, str], origin: str | None = None) -> int:
     """The HTTP status a WebSocket handshake gets (101 once accepted)."""
     try:
-        async with connect(url, additional_headers=headers, origin=origin) as ws:  # type: ignore[arg-type]
+        async with connect(
+            url, additional_headers=headers, origin=Origin(origin) if origin else None
+        ) as ws:
             json.loads(await ws.recv())
             return 101
     except InvalidStatus as refused:
@@ -78,7 +81,7 @@ async def test_a_cross_site_text_plain_post_is_refused_with_415(live: LiveFactor
 
 
 async def test_post_and_delete_from_a_foreign_origin_are_refused(live: LiveFactory) -> None:
-    """POST and DELETE carrying a foreign Origin get 403; no Origin or the own one pass."""
+    """POST, DELETE and SSE channels with a foreign Origin get 403; others pass."""
     async with live() as server, httpx.AsyncClient(base_url=server.url) as http:
         foreign = {**ALICE, "origin": EVIL}
         reply = await http.post("/chat", json={"message": "hi"}, headers=foreign)
@@ -90,6 +93,9 @@ async def test_post_and_delete_from_a_foreign_origin_are_refused(live: LiveFacto
         assert (await http.post("/chat", json={"message": "hi"}, headers=own)).status_code == 200
         assert (await http.post("/chat", json={"message": "hi"}, headers=ALICE)).status_code == 200
         assert (await http.get("/dialogs/current", headers=foreign)).status_code == 200
+        channel = await http.get("/chat-stream", headers={**foreign, "x-user-id": "bob"})
+        assert channel.status_code == 403
+        assert (await http.get("/health")).json()["activeSessions"] == 1  # alice's alone
 
 
 async def test_dns_rebinding_host_is_refused_in_development_mode(live: LiveFactory) -> None:
@@ -104,6 +110,11 @@ async def test_dns_rebinding_host_is_refused_in_development_mode(live: LiveFacto
         assert (await http.get("/sessions", headers=admin)).status_code == 400
         assert await raw_handshake_status(server.port, rebound["host"]) == 400
         assert await raw_handshake_status(server.port, f"localhost:{server.port}") == 101
+        # HTTP/1.0 health checks (HAProxy's) send no Host at all; a browser always sends one.
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /health HTTP/1.0\r\n\r\n")
+        assert (await reader.readline()).split()[1] == b"200"
+        writer.close()
         for host in (f"localhost:{server.port}", f"127.0.0.1:{server.port}", "[::1]", "localhost"):
             reply = await http.get("/dialogs/current", headers={**ALICE, "host": host})
             assert reply.status_code == 200, host

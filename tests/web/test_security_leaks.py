@@ -97,7 +97,7 @@ async def test_auth_errors_give_a_short_reason_without_pyjwt_internals(
 def test_a_short_hs256_secret_is_refused_at_start(tmp_path: Path) -> None:
     """JWT_SECRET under 32 bytes stops the start (exit 2) with how to make a good one."""
     with pytest.raises(ConfigError, match="token_urlsafe"):
-        create_app(Settings(jwt_secret="x" * 31))
+        Settings(jwt_secret="x" * 31)
     create_app(Settings(jwt_secret="x" * 32))
     result = subprocess.run(
         [sys.executable, "-m", "chatsession", "serve", "--port", "0"],
@@ -108,7 +108,7 @@ def test_a_short_hs256_secret_is_refused_at_start(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 2
-    assert "JWT_SECRET is 1 bytes" in result.stderr
+    assert "(JWT_SECRET) is 1 bytes" in result.stderr
     assert "python -c 'import secrets; print(secrets.token_urlsafe(32))'" in result.stderr
 
 

@@ -2,13 +2,13 @@
 
 Browsers are the weapon here. A page on another site can open a WebSocket to this server,
 or send it a ``POST``, and the browser adds the user's ``token`` cookie; only the ``Origin``
-header tells such a request apart. So a WebSocket handshake, ``POST`` or ``DELETE`` that
-carries an ``Origin`` must come from the server's own origin (its ``Host``),
-``CORS_ORIGINS`` or ``ALLOWED_ORIGINS``; without ``Origin`` (curl, SDKs, servers) it is not
-a browser's and passes. A page can also make its own name resolve to 127.0.0.1 (DNS
-rebinding) and reach a loopback server as "same origin": the ``Host`` it sends is then its
-own name, so in development mode only loopback ``Host`` values are served, unless
-``ALLOWED_HOSTS`` names others.
+header tells such a request apart. So a WebSocket handshake, an SSE channel
+(``/chat-stream``), a ``POST`` or a ``DELETE`` that carries an ``Origin`` must come from
+the server's own origin (its ``Host``), ``CORS_ORIGINS`` or ``ALLOWED_ORIGINS``; without
+``Origin`` (curl, SDKs, servers) it is not a browser's and passes. A page can also make its
+own name resolve to 127.0.0.1 (DNS rebinding) and reach a loopback server as "same
+origin": the ``Host`` it sends is then its own name, so in development mode only loopback
+``Host`` values are served, unless ``ALLOWED_HOSTS`` names others.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ logger = logging.getLogger("chatsession.web")
 
 # Requests that change what is stored; a browser sends them cross-site without asking.
 _UNSAFE_METHODS = frozenset(("POST", "PUT", "PATCH", "DELETE"))
+_CHANNEL_PATH = "/chat-stream"
 _DEFAULT_PORTS = {"http": "80", "https": "443", "ws": "80", "wss": "443"}
 
 
@@ -57,6 +58,8 @@ class RequestGuard:
             return
         origin = headers.get("origin")
         checked = scope["type"] == "websocket" or scope["method"] in _UNSAFE_METHODS
+        # An SSE channel holds the user's session open, like a WebSocket.
+        checked = checked or scope["path"].startswith(_CHANNEL_PATH)
         if checked and origin is not None and not self._origin_allowed(origin, host):
             logger.info("refused a %s from origin %r", _what(scope), origin)
             await _refuse(scope, receive, send, 403, "requests from this origin are not allowed")
@@ -64,6 +67,8 @@ class RequestGuard:
         await self.app(scope, receive, send)
 
     def _host_allowed(self, host: str) -> bool:
+        if not host:
+            return True  # HTTP/1.0 health checks send none; a browser always sends one
         name = _host_name(host.lower())
         if self.loopback_only:
             return is_loopback(name)

@@ -6,8 +6,8 @@ megabytes, and a few thousand slow ones every file descriptor. `bounded_http_pro
 answers 431 once the unfinished head passes ``MAX_HEADER_BYTES``, 408 when it takes longer
 than ``HEADER_TIMEOUT``, and 503 to a connection past ``MAX_CONNECTIONS`` as soon as it
 is made (uvicorn's ``limit_concurrency`` answers only once a request's head is in, and
-not for WebSocket handshakes). httptools stays the parser:
-it costs a fraction of h11's CPU per request, and the bounds are a counter and a timer.
+not for WebSocket handshakes). httptools stays the parser, as uvicorn chooses it; the
+bounds cost a counter and a timer per request.
 
 `RefusingWebSocketProtocol` lets the app refuse a handshake with an HTTP response without
 uvicorn logging "ASGI callable returned without completing handshake" as an ERROR.
@@ -95,14 +95,6 @@ class _BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._stop_head_timer()
         super().on_headers_complete()
 
-    def handle_websocket_upgrade(self) -> None:
-        # uvicorn counts connections against limit_concurrency for HTTP requests only.
-        if self.max_connections and len(self.connections) > self.max_connections:
-            self.logger.warning("Exceeded concurrency limit.")
-            self._refuse(503, "too many connections")
-            return
-        super().handle_websocket_upgrade()
-
     def _stop_head_timer(self) -> None:
         if self._head_timer is not None:
             self._head_timer.cancel()
@@ -119,6 +111,8 @@ class _BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _refuse(self, status: int, message: str) -> None:
         self._refused = True
+        # No longer one of the connections served: it must not count against the cap.
+        self.connections.discard(self)
         self._reading_head = False
         self._stop_head_timer()
         body = message.encode()
