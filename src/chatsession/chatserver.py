@@ -361,6 +361,13 @@ class ChatServer:
         """One archived dialog; `DialogNotFound` if there is none with that id."""
         return await self.store.load_archive(check_user_id(user_id), archive_id)
 
+    async def erase_user(self, user_id: str) -> tuple[str | None, bool, int]:
+        """End the user's session (``manual``) and remove their current dialog and every
+        archive, with no chat of theirs in between; returns (the archive id the end made,
+        whether a session ended, how many archives were removed)."""
+        self._check_running()
+        return await self._sessions.erase(check_user_id(user_id))
+
     async def delete_archive(self, user_id: str, archive_id: str) -> None:
         """Delete one archived dialog; `DialogNotFound` if there is none with that id."""
         await self.store.delete_archive(check_user_id(user_id), archive_id)

@@ -286,6 +286,18 @@ class SessionManager:
             return await self._end(user_id, reason, expected=session)
         return await self._end(user_id, reason)
 
+    async def erase(self, user_id: str) -> tuple[str | None, bool, int]:
+        """End the user's session and remove every dialog of theirs, as one step: no chat
+        or end of that user runs meanwhile. (archive id, whether a session ended, archives
+        removed)."""
+        async with self._locked(user_id):
+            session = await self._own(user_id, None, create=False)
+            archive_id = None
+            if session is not None:
+                archive_id = await run_to_completion(self._close(session, "manual", due=False))
+            removed = await run_to_completion(self.store.purge_user(user_id))
+        return archive_id, session is not None, removed
+
     async def sweep(self) -> int:
         """End every owned, unconnected session idle past the timeout; return how many."""
         deadline = time.monotonic() - self.settings.session_timeout

@@ -503,12 +503,17 @@ def _purge(user_directory: Path) -> int:
         count = sum(1 for name in os.listdir(archived) if name.endswith(".yaml"))
     except FileNotFoundError:
         count = 0
-    try:
-        shutil.rmtree(user_directory)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        raise _storage_error(exc, user_directory) from exc
+    for attempt in range(3):
+        try:
+            shutil.rmtree(user_directory)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            # A listing running at the same time may add an index file as the tree goes.
+            if exc.errno == errno.ENOTEMPTY and attempt < 2:
+                continue
+            raise _storage_error(exc, user_directory) from exc
+        break
     return count
 
 

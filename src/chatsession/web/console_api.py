@@ -64,16 +64,13 @@ async def erase_user(request: Request, user_id: str) -> Response:
     identity = identify(request)
     if user_id != identity.user_id and not identity.admin:
         raise PermissionDenied("only an admin may erase another user")
-    chat = web_state(request).chat
-    info = await chat.get_user_session_info(user_id)
-    # Ending archives the current dialog, so the purge below removes it with the rest.
-    archived = await chat.end_user_session(user_id, "manual")
-    removed = await chat.store.purge_user(user_id)
+    # Ending archives the current dialog, so the purge removes it with the rest.
+    archived, ended, removed = await web_state(request).chat.erase_user(user_id)
     logger.info("erased user %r: %d archives removed", user_id, removed)
     return JSONResponse(
         {
             "userId": user_id,
-            "sessionEnded": info is not None,
+            "sessionEnded": ended,
             "currentDialogRemoved": archived is not None,
             "archivesRemoved": removed,
         }
