@@ -119,8 +119,10 @@ class Turns:
         """The user's session, owned here, with this message counted and its activity noted."""
         manager = self.manager
         for attempt in (1, 2):
-            session = await manager._own(user_id, None, create=True)
-            assert session is not None
+            session = manager._sessions.get(user_id)  # owned here: the common case
+            if session is None:
+                session = await manager._own(user_id, None, create=True)
+                assert session is not None
             try:
                 route = await manager.registry.begin_turn(user_id, manager.rate_limit)
             except OwnershipLost:
@@ -131,7 +133,8 @@ class Turns:
                 if attempt == 2:
                     raise
                 continue
-            manager.note_route(user_id, route)
+            if manager._routes.get(user_id) is not route:  # the same object while unchanged
+                manager.note_route(user_id, route)
             return session
         raise AssertionError("unreachable")
 

@@ -27,6 +27,7 @@ async def reply_frames(
     user_id = identity.user_id
     channels = web.channels
     chat = web.chat
+    elsewhere = chat.registry.shared  # other instances may hold the user's channels
     web.metrics.messages.inc(transport)
     started = time.perf_counter()
     first = True
@@ -44,7 +45,8 @@ async def reply_frames(
             frame = chunk_frame(chunk)
             if channels.has_subscribers(user_id):
                 channels.publish(user_id, frame)
-            chat.publish_elsewhere(user_id, frame)
+            if elsewhere:
+                chat.publish_elsewhere(user_id, frame)
             yield frame
     except BaseException:
         await stream.aclose()
@@ -52,5 +54,6 @@ async def reply_frames(
     web.metrics.model_seconds.observe(time.perf_counter() - started)
     if channels.has_subscribers(user_id):
         channels.publish(user_id, _DONE)
-    chat.publish_elsewhere(user_id, _DONE)
+    if elsewhere:
+        chat.publish_elsewhere(user_id, _DONE)
     yield _DONE
