@@ -13,6 +13,7 @@ caller never has to catch another library's exceptions::
     │   ├── ServerClosedError    the ChatServer is not running (not entered, or closed)
     │   ├── RegistryUnavailable  the shared registry (Redis) cannot be reached; retry later
     │   └── OwnershipLost        another instance owns the session now (retried inside)
+    │       └── FencedOff        a write refused: a newer owner's epoch holds the dialog
     ├── StorageError             reading or writing a dialog failed
     │   ├── CorruptDialogError   a dialog file does not parse; names the file
     │   ├── DataDirLocked        another process owns the data dir; names it
@@ -50,6 +51,7 @@ __all__ = [
     "CorruptDialogError",
     "DataDirLocked",
     "DialogNotFound",
+    "FencedOff",
     "InvalidMessage",
     "InvalidRequest",
     "InvalidSessionId",
@@ -119,6 +121,15 @@ class RegistryUnavailable(SessionError):
 
 class OwnershipLost(SessionError):
     """Another instance owns the session now; this one must not write its dialog."""
+
+
+class FencedOff(OwnershipLost):
+    """A write was refused because it carries an epoch older than the dialog's owner.
+
+    Raised by the registry (this instance no longer owns the user at that epoch) or by the
+    store itself (it has seen a higher epoch for the user). Nothing was stored; the client
+    should reconnect, and reaches the session's current owner.
+    """
 
 
 class StorageError(ChatSessionError):

@@ -10,7 +10,9 @@ follow the contract: `LocalRegistry`, the single process (no other instance exis
 Ownership is a lease with an epoch: an instance writes a user's dialog only while it owns
 the session; taking a session from another instance bumps the epoch, and the previous owner
 gives it up first (a handover) or is dead (its heartbeat expired, and it stopped writing
-before that happened).
+before that happened). The epoch is a fencing token: it only grows for a user, across
+sessions and restarts (it is at least the registry's clock in milliseconds), every write
+of the dialog carries it, and the store refuses one older than it has seen.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class Record:
     connections: int
     owner: str
     route: Route = NO_ROUTE
+    epoch: int = 0  # the owner's fencing token; grows at every change of owner
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,9 +189,11 @@ class SessionRegistry(Protocol):
     def deliver(self, instances: tuple[str, ...], user_id: str, frame: dict[str, Any]) -> None:
         """Send ``frame`` to the user's connections on ``instances`` (in the background)."""
 
-    def check_writable(self) -> None:
-        """`OwnershipLost` if this instance may no longer write the dialogs it owns (it
-        could not renew its lease in time, so others may take its sessions)."""
+    def check_writable(self, user_id: str, epoch: int) -> None:
+        """Raise unless this instance may write the user's dialog at ``epoch`` right now:
+        `FencedOff` if it no longer owns the user at that epoch (handed over, taken for
+        dead, taken over), `RegistryUnavailable` if it could not renew its lease in time
+        (others may be about to take its sessions). No I/O: called before every write."""
 
     def status(self) -> dict[str, Any]:
         """What an operator needs to know of the registry (for ``/health``)."""

@@ -17,8 +17,27 @@ class DialogStore(Protocol):
     Calls for one user are never made concurrently (the session manager serializes them);
     calls for different users may be. Cancelling a write does not undo it: a write that
     has begun completes (or fails) before the cancellation is raised. Every method raises
-    only `StorageError` subclasses (or `InvalidUserId`).
+    only `StorageError` subclasses (or `InvalidUserId`, or `FencedOff`).
+
+    **Fencing.** A user's dialog has one writer at a time: the instance that owns the
+    user's session, at an *epoch* the registry hands out with the ownership and that only
+    grows. The owner first calls `open_for_writing` with its epoch, then passes the same
+    epoch to every write. A store refuses (`FencedOff`) a write whose epoch is below one it
+    has already seen for the user, so a former owner that was paused or cut off past its
+    lease can never write after a newer owner took over. ``epoch=None`` is a write outside
+    any session (an operator's purge, an import); it is not fenced.
     """
+
+    async def open_for_writing(self, user_id: str, *, epoch: int) -> Dialog | None:
+        """Take the user's dialog for writing at ``epoch``; return the current dialog.
+
+        Every path that starts writing a user's dialog goes through here first: a new
+        owner after a takeover or a handover, a start after a crash. The store raises its
+        fence to ``epoch`` (refusing, from then on, every write of a lower one), repairs
+        the dialog durably (a record torn by a crash is cut off before anything is
+        appended behind it, stale records are dropped) and returns what is current, or
+        None. `FencedOff` if it has already seen a higher epoch for the user.
+        """
 
     async def append(
         self,
@@ -28,6 +47,7 @@ class DialogStore(Protocol):
         message: Message,
         *,
         first: bool = False,
+        epoch: int | None = None,
     ) -> None:
         """Append ``message`` to the user's current dialog.
 
@@ -39,7 +59,7 @@ class DialogStore(Protocol):
         """The user's current dialog, or None if there is none."""
 
     async def archive_current(
-        self, user_id: str, *, ended_at: datetime, reason: EndReason
+        self, user_id: str, *, ended_at: datetime, reason: EndReason, epoch: int | None = None
     ) -> str | None:
         """Move the current dialog to the archive; return its id, or None if it was empty.
 
@@ -52,7 +72,7 @@ class DialogStore(Protocol):
     async def search_archives(self, user_id: str, query: str) -> list[ArchiveSummary]:
         """The user's archives whose messages contain every word of ``query``, oldest first."""
 
-    async def purge_user(self, user_id: str) -> int:
+    async def purge_user(self, user_id: str, *, epoch: int | None = None) -> int:
         """Remove the user's current dialog and every archive; return how many archives."""
 
     async def expire_archives(self, before: datetime) -> list[tuple[str, str]]:
