@@ -398,10 +398,11 @@ async def test_aclose_closes_every_open_dialog(tmp_path: Path) -> None:
     assert [m.content for m in dialog.messages] == ["hi", "after"]
 
 
-async def test_always_keeps_no_file_open(tmp_path: Path) -> None:
-    """Under always every append opens, fsyncs and closes the file in a worker thread."""
+async def test_always_keeps_the_dialog_open_between_fsynced_appends(tmp_path: Path) -> None:
+    """Under always each append is written and fsynced in a worker thread; the dialog stays
+    open between appends, as under batch, so an append never reads the file again."""
     store = YamlDialogStore(tmp_path, "always")
     await store.append("sam", "s", T0, Message("user", "one", T0), first=True)
     await store.append("sam", "s", T0, Message("user", "two", T0))
-    assert len(store._open) == 0
+    assert len(store._open) == 1
     await store.aclose()

@@ -18,12 +18,25 @@ T = TypeVar("T")
 class Session:
     """One active session. Small on purpose: an idle session costs a few hundred bytes."""
 
-    __slots__ = ("archive_id", "last_seen", "messages", "session_id", "started_at", "user_id")
+    __slots__ = (
+        "archive_id",
+        "epoch",
+        "last_seen",
+        "messages",
+        "session_id",
+        "started_at",
+        "user_id",
+    )
 
     def __init__(
-        self, user_id: str, session_id: str | None, started_at: datetime | None = None
+        self,
+        user_id: str,
+        session_id: str | None,
+        started_at: datetime | None = None,
+        epoch: int = 0,
     ) -> None:
         self.user_id = user_id
+        self.epoch = epoch  # the fencing token this instance owns the session at
         self.session_id = session_id or uuid.uuid4().hex
         self.started_at = started_at or datetime.now(UTC)
         self.last_seen = time.monotonic()

@@ -71,6 +71,9 @@ class Dialog:
     messages: list[Message] = field(default_factory=list)
     ended_at: datetime | None = None
     end_reason: EndReason | None = None
+    # The epoch (fencing token) of the owner that last took the dialog for writing; stores
+    # keep it, a reader may ignore it.
+    epoch: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,7 @@ from typing import Any, TypeVar
 
 from chatsession._exceptions import (
     ChatSessionError,
+    FencedOff,
     InvalidSessionId,
     RegistryUnavailable,
     ServerClosedError,
@@ -295,7 +296,8 @@ class SessionManager:
             archive_id = None
             if session is not None:
                 archive_id = await run_to_completion(self._close(session, "manual", due=False))
-            removed = await run_to_completion(self.store.purge_user(user_id))
+            epoch = None if session is None else session.epoch
+            removed = await run_to_completion(self.store.purge_user(user_id, epoch=epoch))
         return archive_id, session is not None, removed
 
     async def sweep(self) -> int:
@@ -321,7 +323,7 @@ class SessionManager:
         """Remember a session this instance now owns (the caller holds the user's lock)."""
         record = claim.record
         user_id = record.user_id
-        session = Session(user_id, record.session_id, record.started_at)
+        session = Session(user_id, record.session_id, record.started_at, record.epoch)
         # Idle since its last activity anywhere, not since it came here.
         idle = (datetime.now(UTC) - record.last_activity).total_seconds()
         session.last_seen -= min(max(idle, 0.0), self.settings.session_timeout)
@@ -438,8 +440,9 @@ class SessionManager:
         archive_id = None
         try:
             if session.messages:
+                self.registry.check_writable(user_id, session.epoch)
                 archive_id = await self.store.archive_current(
-                    user_id, ended_at=_now(), reason=reason
+                    user_id, ended_at=_now(), reason=reason, epoch=session.epoch
                 )
         except BaseException:
             await self.registry.abort_end(user_id)
@@ -470,15 +473,39 @@ class SessionManager:
         await self.registry.release(session.user_id, to)
 
     async def _reload(self, session: Session) -> None:
-        """Read the dialog another instance wrote, to go on from there."""
-        self.store.forget(session.user_id)
+        """Take the dialog another instance wrote for writing here, to go on from there.
+
+        The store raises its fence to this instance's epoch and repairs the dialog (a
+        record torn by a crash of the previous owner is cut off) before anything is
+        appended; `FencedOff` if a newer owner holds it already.
+        """
+        user_id = session.user_id
+        self.store.forget(user_id)
         try:
-            dialog = await self.store.load_current(session.user_id)
+            dialog = await self.store.open_for_writing(user_id, epoch=session.epoch)
+        except FencedOff:
+            self._forget(session)
+            raise
         except ChatSessionError as exc:
-            logger.error("could not read the dialog of %r: %s", session.user_id, exc)
+            logger.error("could not read the dialog of %r: %s", user_id, exc)
             return
         if dialog is not None and dialog.session_id == session.session_id:
             session.messages = dialog.messages or None
+
+    async def drop_fenced(self, session: Session) -> None:
+        """A write of ``session`` was refused as stale: this instance owns it no more.
+
+        What is kept of it here is forgotten (the next message claims it again from its
+        current owner) and the registry is told, in case it still names this instance.
+        """
+        user_id = session.user_id
+        logger.warning("the session of %r is owned elsewhere now; dropped here", user_id)
+        self.store.forget(user_id)
+        self._forget(session)
+        try:
+            await self.registry.release(user_id)
+        except ChatSessionError as exc:
+            logger.error("could not release the session of %r: %s", user_id, exc)
 
     def _deliver_here(self, user_id: str, frame: dict[str, Any]) -> None:
         self.events.emit("user_frame", user_id, frame)

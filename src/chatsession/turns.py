@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from chatsession._exceptions import (
     ChatSessionError,
+    FencedOff,
     InvalidMessage,
     ModelError,
     ModelOutputError,
@@ -109,8 +110,12 @@ class Turns:
                 if manager._closing:
                     raise ServerClosedError("Cannot chat: the server is shutting down.")
                 session = await self._begin(user_id)
-                await self._store(turn, session, Message("user", text))
-                await self._reply(turn, session, json_output, reasoning)
+                try:
+                    await self._store(turn, session, Message("user", text))
+                    await self._reply(turn, session, json_output, reasoning)
+                except FencedOff:
+                    await manager.drop_fenced(session)
+                    raise
         except Exception as exc:
             error = exc
         turn.put(TurnEnd(error))
@@ -190,21 +195,28 @@ class Turns:
     async def _store(self, turn: Turn, session: Session, message: Message) -> None:
         """Store ``message`` and remember it, as one step; only a stored one is remembered."""
         manager = self.manager
-        manager.registry.check_writable()
+        registry, user_id, epoch = manager.registry, session.user_id, session.epoch
+        # Right before the write: this instance still owns the user at the epoch the turn
+        # began with, and its lease is fresh. The store checks the epoch again itself.
+        registry.check_writable(user_id, epoch)
         turn.guard()
         try:
             messages = session.messages
             await manager.store.append(
-                session.user_id,
+                user_id,
                 session.session_id,
                 session.started_at,
                 message,
                 first=messages is None,
+                epoch=epoch,
             )
             if messages is None:
                 messages = session.messages = []
             messages.append(message)
             manager._touch(session)
+            # And after it: a write that outlasted the lease (the process was paused while
+            # writing) is not acknowledged.
+            registry.check_writable(user_id, epoch)
         finally:
             turn.unguard()
 

@@ -66,10 +66,11 @@ async def test_dialog_api_lists_reads_and_deletes_archives(live: LiveFactory) ->
         assert (await http.get("/dialogs", headers=ALICE)).json()["archives"] == []
 
 
-async def test_every_response_carries_x_session_id_and_it_can_be_sent_back(
+async def test_every_response_carries_x_session_id_issued_by_the_server(
     live: LiveFactory,
 ) -> None:
-    """x-session-id is on every response; a client that sends it back names its session."""
+    """x-session-id is on every response; an id the client names is ignored: the server
+    issues the session's id, which then stays the same for the whole session."""
     async with live() as server, httpx.AsyncClient(base_url=server.url) as http:
         for response in (
             await http.get("/health"),
@@ -80,11 +81,14 @@ async def test_every_response_carries_x_session_id_and_it_can_be_sent_back(
             assert response.headers["x-session-id"], response.request.url
         chosen = {**ALICE, "x-session-id": "my-session-1"}
         reply = await http.post("/chat", json={"message": "hi"}, headers=chosen)
-        assert reply.headers["x-session-id"] == "my-session-1"
-        again = await http.post("/chat", json={"message": "again"}, headers=ALICE)
-        assert again.headers["x-session-id"] == "my-session-1"
+        issued = reply.headers["x-session-id"]
+        assert issued != "my-session-1"
+        again = await http.post("/chat", json={"message": "again"}, headers=chosen)
+        assert again.headers["x-session-id"] == issued
         listing = await http.get("/dialogs", headers=ALICE)
-        assert listing.headers["x-session-id"] == "my-session-1"
+        assert listing.headers["x-session-id"] == issued
+        unknown = await http.get("/dialogs/nope", headers={"x-session-id": "my-session-1"})
+        assert unknown.headers["x-session-id"] != "my-session-1"
 
 
 def test_serve_has_a_flag_for_every_setting() -> None:

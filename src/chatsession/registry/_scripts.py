@@ -14,7 +14,7 @@ bumped at every change of owner), ``end`` (the reason, while an end is under way
 open there) and ``s:ID`` (SSE channels among them).
 
 Most scripts answer ``{code, sid, st, la, own, connections, other instances with
-connections, other instances with channels, extra}``.
+connections, other instances with channels, extra, epoch}``.
 """
 
 from __future__ import annotations
@@ -45,10 +45,19 @@ end
 local function reply(code, rec, total, conns, chans, extra)
   return {code, rec['sid'] or '', tostring(rec['st'] or 0), tostring(rec['la'] or 0),
           rec['own'] or '', total, table.concat(conns, ','), table.concat(chans, ','),
-          extra or ''}
+          extra or '', rec['ep'] or '0'}
+end
+-- The fencing token: at least the server's clock in ms and always past the last one, so
+-- it grows for a user across owners, sessions and a Redis that lost its data.
+local function next_epoch(previous, now)
+  return string.format('%d', math.max(now, tonumber(previous or '0') + 1))
+end
+local function take(key, rec, me, now)
+  rec['own'], rec['ep'] = me, next_epoch(rec['ep'], now)
+  redis.call('HSET', key, 'own', me, 'ep', rec['ep'])
 end
 local function create(key, me, sid, now)
-  redis.call('HSET', key, 'sid', sid, 'st', now, 'la', now, 'own', me, 'ep', 1)
+  redis.call('HSET', key, 'sid', sid, 'st', now, 'la', now, 'own', me, 'ep', next_epoch('0', now))
 end
 local function active(key)
   return redis.call('HEXISTS', key, 'sid') == 1
@@ -99,9 +108,7 @@ if rec['end'] then return reply(-5, rec, total, conns, chans) end
 local own = rec['own'] or ''
 if own == me then return reply(2, rec, total, conns, chans) end
 if own == '' or own == ARGV[4] then
-  redis.call('HSET', KEYS[1], 'own', me)
-  redis.call('HINCRBY', KEYS[1], 'ep', 1)
-  rec['own'] = me
+  take(KEYS[1], rec, me, now)
   return reply(3, rec, total, conns, chans)
 end
 return reply(-4, rec, total, conns, chans)
@@ -109,12 +116,15 @@ return reply(-4, rec, total, conns, chans)
 )
 
 # KEYS: session. ARGV: me, the instance to hand it to ('' for whoever claims it next).
-RELEASE = """
+RELEASE = (
+    _COMMON
+    + """
 if redis.call('HGET', KEYS[1], 'own') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'own', ARGV[2])
-redis.call('HINCRBY', KEYS[1], 'ep', 1)
+local previous = redis.call('HGET', KEYS[1], 'ep')
+redis.call('HSET', KEYS[1], 'own', ARGV[2], 'ep', next_epoch(previous, now_ms()))
 return 1
 """
+)
 
 # KEYS: session. Marks it active now; 0 if there is no session.
 TOUCH = (
@@ -234,9 +244,7 @@ if total == 0 and had > 0 then
 end
 local code = 2
 if rec['own'] == dead or rec['own'] == '' then
-  redis.call('HSET', KEYS[1], 'own', me)
-  redis.call('HINCRBY', KEYS[1], 'ep', 1)
-  rec['own'] = me
+  take(KEYS[1], rec, me, now_ms())
   code = 1
 end
 return reply(code, rec, total, conns, chans, (rec['dc'] or '') .. '|' .. (rec['end'] or ''))
@@ -245,7 +253,8 @@ return reply(code, rec, total, conns, chans, (rec['dc'] or '') .. '|' .. (rec['e
 
 # KEYS: session. ARGV: me, session id, started ms, own (1/0), connections here, channels
 # here. Puts back what this instance holds after Redis lost it (or took it for dead).
-# Codes: 1 put back, -1 another session (or owner) is there now.
+# ARGV[7]: the epoch this instance owns it at. Codes: 1 put back, -1 another session (or
+# owner, or a newer epoch) is there now.
 RESTORE = (
     _COMMON
     + """
@@ -253,13 +262,14 @@ local me, now = ARGV[1], now_ms()
 if ARGV[4] == '1' then
   local sid = redis.call('HGET', KEYS[1], 'sid')
   if not sid then
-    redis.call('HSET', KEYS[1], 'sid', ARGV[2], 'st', ARGV[3], 'la', now, 'own', me, 'ep', 1)
+    redis.call('HSET', KEYS[1], 'sid', ARGV[2], 'st', ARGV[3], 'la', now, 'own', me, 'ep', ARGV[7])
   elseif sid ~= ARGV[2] then
     return -1
   else
     local own = redis.call('HGET', KEYS[1], 'own')
     if own ~= me and own ~= '' then return -1 end
-    redis.call('HSET', KEYS[1], 'own', me)
+    if tonumber(redis.call('HGET', KEYS[1], 'ep') or '0') > tonumber(ARGV[7]) then return -1 end
+    redis.call('HSET', KEYS[1], 'own', me, 'ep', ARGV[7])
   end
 end
 if tonumber(ARGV[5]) > 0 then

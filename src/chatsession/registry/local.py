@@ -25,10 +25,19 @@ _NO_ROUTE = Route()
 
 
 class _Entry:
-    __slots__ = ("connections", "ending", "last_seen", "sent", "session_id", "started_at")
+    __slots__ = (
+        "connections",
+        "ending",
+        "epoch",
+        "last_seen",
+        "sent",
+        "session_id",
+        "started_at",
+    )
 
     def __init__(self, session_id: str | None) -> None:
         self.session_id = session_id  # None: no session, only connections
+        self.epoch = 0
         self.started_at = datetime.now(UTC)
         self.last_seen = time.monotonic()
         self.connections = 0
@@ -44,6 +53,7 @@ class LocalRegistry:
     def __init__(self, instance_id: str = "") -> None:
         self.instance_id = instance_id or "local"
         self._entries: dict[str, _Entry] = {}
+        self._epoch = 0  # the last epoch handed out
 
     async def open(self, inbox: Inbox) -> None:
         pass
@@ -63,6 +73,9 @@ class LocalRegistry:
         if created:
             entry.session_id = session_id or uuid.uuid4().hex
             entry.started_at = datetime.now(UTC)
+            # The clock in ms, and past the last one: an epoch grows across sessions and
+            # restarts, as a store that keeps the highest one seen requires.
+            self._epoch = entry.epoch = max(time.time_ns() // 1_000_000, self._epoch + 1)
         entry.last_seen = time.monotonic()
         return self._record(user_id, entry), created
 
@@ -156,8 +169,8 @@ class LocalRegistry:
     def deliver(self, instances: tuple[str, ...], user_id: str, frame: dict[str, Any]) -> None:
         pass  # there is no other instance
 
-    def check_writable(self) -> None:
-        pass
+    def check_writable(self, user_id: str, epoch: int) -> None:
+        pass  # nobody else can take a session over
 
     def status(self) -> dict[str, Any]:
         return {"backend": "local"}
@@ -171,6 +184,7 @@ class LocalRegistry:
             last_activity=max(_wall_time(entry.last_seen), entry.started_at),
             connections=entry.connections,
             owner=self.instance_id,
+            epoch=entry.epoch,
         )
 
 

@@ -48,6 +48,7 @@ from typing import Any, TypeVar
 
 from chatsession._exceptions import (
     ConfigError,
+    FencedOff,
     OwnershipLost,
     RegistryUnavailable,
     TooManyRequests,
@@ -134,7 +135,8 @@ class RedisRegistry:
         self._reason = "not connected yet"
         self._dirty = False  # a change could not reach Redis: put everything back later
         # What this instance holds, to put back if Redis loses it.
-        self._owned: dict[str, tuple[str, int]] = {}  # user -> (session id, started ms)
+        # user -> (session id, started ms, epoch)
+        self._owned: dict[str, tuple[str, int, int]] = {}
         self._held: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0])  # conns, chans
         self._closed = False
 
@@ -278,7 +280,7 @@ class RedisRegistry:
         return bool(await self._script("TOUCH", [self._key(user_id)], []))
 
     async def begin_turn(self, user_id: str, rate_limit: int) -> Route:
-        self.check_writable()
+        self._check_lease()
         if rate_limit:
             _count_message(self._windows.setdefault(user_id, deque()), rate_limit, time.time())
         now = time.monotonic()
@@ -296,7 +298,7 @@ class RedisRegistry:
     async def begin_end(
         self, user_id: str, reason: EndReason, *, idle_for: float | None, unconnected: bool
     ) -> EndCheck:
-        self.check_writable()
+        self._check_lease()
         timeout_ms = -1 if idle_for is None else int(idle_for * 1000)
         reply = await self._script(
             "BEGIN_END",
@@ -376,7 +378,16 @@ class RedisRegistry:
         for instance in instances:
             self._send(instance, {"k": "frame", "u": user_id, "f": body})
 
-    def check_writable(self) -> None:
+    def check_writable(self, user_id: str, epoch: int) -> None:
+        owned = self._owned.get(user_id)
+        if owned is None or owned[2] != epoch:
+            raise FencedOff(
+                f"this instance no longer owns the session of {user_id!r} (another instance "
+                "took it over); nothing was stored: reconnect to go on"
+            )
+        self._check_lease()
+
+    def _check_lease(self) -> None:
         if not self._reachable or time.monotonic() >= self._lease_until:
             raise RegistryUnavailable(
                 "this instance cannot reach Redis to renew its lease, so it may not write "
@@ -445,14 +456,21 @@ class RedisRegistry:
         users = set(self._owned) | set(self._held)
         lost: list[str] = []
         for user_id in users:
-            session_id, started = self._owned.get(user_id, ("", 0))
+            session_id, started, epoch = self._owned.get(user_id, ("", 0, 0))
             held = self._held.get(user_id, [0, 0])
             if not session_id and not held[0]:
                 continue
             code = await self._script(
                 "RESTORE",
                 [self._key(user_id)],
-                [self.instance_id, session_id or "", started, int(bool(session_id)), *held],
+                [
+                    self.instance_id,
+                    session_id or "",
+                    started,
+                    int(bool(session_id)),
+                    *held,
+                    epoch,
+                ],
             )
             if int(code) == -1 and session_id:
                 lost.append(user_id)
@@ -614,7 +632,8 @@ class RedisRegistry:
         return live if self.instance_id in live else [*live, self.instance_id]
 
     async def _now_own(self, user_id: str, record: Record) -> None:
-        self._owned[user_id] = (record.session_id, int(record.started_at.timestamp() * 1000))
+        started = int(record.started_at.timestamp() * 1000)
+        self._owned[user_id] = (record.session_id, started, record.epoch)
         await self._track(user_id)
         await self._count_owned()
 
@@ -717,6 +736,7 @@ class RedisRegistry:
             connections=int(reply[5]),
             owner=str(reply[4]),
             route=_route(reply),
+            epoch=int(reply[9]) if len(reply) > 9 else 0,
         )
 
     def _from_hash(self, user_id: str, flat: dict[str, str]) -> Record:
@@ -728,6 +748,7 @@ class RedisRegistry:
             last_activity=_time(flat.get("la", 0)),
             connections=connections,
             owner=flat.get("own", ""),
+            epoch=int(flat.get("ep") or 0),
         )
 
 

@@ -15,7 +15,7 @@ import resource
 import weakref
 from collections import OrderedDict
 
-__all__ = ["DialogFileGone", "OpenDialog", "OpenDialogs", "default_limit"]
+__all__ = ["DialogFileGone", "OpenDialog", "OpenDialogs", "append_record", "default_limit"]
 
 logger = logging.getLogger("chatsession.storage")
 
@@ -31,14 +31,16 @@ def default_limit() -> int:
 
 
 class OpenDialog:
-    """One user's ``current.yaml``, open for appending; ``size`` is its length in bytes."""
+    """One user's ``current.yaml``, open for appending; ``size`` is its length in bytes,
+    ``epoch`` the one the store took it for writing at (None: unfenced)."""
 
-    __slots__ = ("fd", "path", "size")
+    __slots__ = ("epoch", "fd", "path", "size")
 
-    def __init__(self, fd: int, path: str, size: int) -> None:
+    def __init__(self, fd: int, path: str, size: int, epoch: int | None = None) -> None:
         self.fd = fd
         self.path = path
         self.size = size
+        self.epoch = epoch
 
 
 class OpenDialogs:
@@ -66,7 +68,7 @@ class OpenDialogs:
             self._dialogs.move_to_end(user_id)
         return dialog
 
-    def open(self, user_id: str, path: str) -> OpenDialog:
+    def open(self, user_id: str, path: str, epoch: int | None = None) -> OpenDialog:
         """Open the user's ``current.yaml`` at ``path`` for appending, and keep it open.
 
         Raises:
@@ -78,42 +80,21 @@ class OpenDialogs:
         except OSError:
             os.close(fd)
             raise
-        dialog = OpenDialog(fd, path, size)
+        dialog = OpenDialog(fd, path, size, epoch)
         self.keep(user_id, dialog)
         return dialog
 
     def append(self, user_id: str, dialog: OpenDialog, data: bytes) -> None:
-        """Append ``data`` to the user's open ``dialog`` whole, or not at all.
-
-        Raises:
-            DialogFileGone: the open file is no longer this store's alone (it was unlinked,
-                replaced or written by another process); nothing was written; it is closed.
-            OSError: the write failed; the file is cut back to its length before, and
-                closed (the next append reopens it and measures it afresh).
-        """
-        # One fstat. The store is the file's only writer: a file with no name left, or a
-        # length other than the one it wrote, was archived, recovered, replaced or written
-        # by another process, and a message written here would be lost or would corrupt it.
-        opened = os.fstat(dialog.fd)
-        if opened.st_nlink == 0 or opened.st_size != dialog.size:
-            self.close(user_id)
-            logger.error(
-                "%s was unlinked, replaced or written by another process while open: the "
-                "message is refused, not stored (is a second server using this data dir?)",
-                dialog.path,
-            )
-            raise DialogFileGone(dialog.path)
+        """`append_record` to the user's open ``dialog``; closed if that raises."""
         try:
-            written = os.write(dialog.fd, data)
-            if written != len(data):  # the disk is filling up, most likely
-                _write_all(dialog.fd, data[written:])
+            append_record(dialog, data, sync=False)
         except OSError:
-            try:
-                os.ftruncate(dialog.fd, dialog.size)  # never leave a partial record behind
-            finally:
-                self.close(user_id)
+            self.close(user_id)
             raise
-        dialog.size += len(data)
+
+    def pop(self, user_id: str) -> OpenDialog | None:
+        """Take the user's dialog out, open (a write in a thread holds it meanwhile)."""
+        return self._dialogs.pop(user_id, None)
 
     def keep(self, user_id: str, dialog: OpenDialog) -> None:
         """Keep ``dialog`` open as the user's; the user must have none open already."""
@@ -130,6 +111,49 @@ class OpenDialogs:
 
     def close_all(self) -> None:
         _close_all(self._dialogs)
+
+
+def append_record(dialog: OpenDialog, data: bytes, *, sync: bool) -> None:
+    """Append ``data`` to the open ``dialog`` whole, or not at all (fsynced with ``sync``).
+
+    One fstat first. The store is the file's only writer at its epoch, so:
+
+    - a file with no name left, or shorter than what the store wrote, was archived,
+      recovered or taken over by a newer owner (which rewrites it under a new name):
+      `DialogFileGone`, nothing written;
+    - a file longer than that was appended to by a *former* owner that was paused past
+      its lease (a newer owner would have replaced the file): those bytes were never part
+      of the dialog, and are cut off, durably, before the record is appended.
+
+    Raises:
+        DialogFileGone: see above.
+        OSError: the write failed; the file is cut back to its length before.
+    """
+    opened = os.fstat(dialog.fd)
+    if opened.st_nlink == 0 or opened.st_size < dialog.size:
+        logger.warning(
+            "%s was archived, recovered or taken over while open here; reading it afresh",
+            dialog.path,
+        )
+        raise DialogFileGone(dialog.path)
+    if opened.st_size > dialog.size:
+        os.ftruncate(dialog.fd, dialog.size)
+        os.fsync(dialog.fd)
+        logger.warning(
+            "%s: cut off %d bytes a former owner wrote after it lost the dialog",
+            dialog.path,
+            opened.st_size - dialog.size,
+        )
+    try:
+        written = os.write(dialog.fd, data)
+        if written != len(data):  # the disk is filling up, most likely
+            _write_all(dialog.fd, data[written:])
+        if sync:
+            os.fsync(dialog.fd)
+    except OSError:
+        os.ftruncate(dialog.fd, dialog.size)  # never leave a partial record behind
+        raise
+    dialog.size += len(data)
 
 
 class DialogFileGone(OSError):

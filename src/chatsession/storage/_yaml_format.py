@@ -5,6 +5,7 @@ A dialog file is one YAML mapping a person can read::
     user_id: alice
     session_id: 3f9c...
     started_at: '2024-01-15T10:25:00.120000+00:00'
+    epoch: 1705314300120                              # the owner's fencing token
     messages:
     - role: user
       content: hi
@@ -20,6 +21,10 @@ one more ``- `` record at the end of the file, and archiving appends the ``ended
 ``end_reason`` lines. Every record ends with its ``timestamp`` line and a newline, which is
 what lets a reader tell a record torn by a crash from a whole one: a torn last record lacks
 its final newline or its timestamp, and is dropped with a warning.
+
+``epoch`` is the fencing token of the instance that last took the dialog for writing (see
+`DialogStore`): a new owner rewrites the file under it, so a former owner's descriptor is
+left on a file with no name, and a former owner that opens it afresh finds a newer epoch.
 """
 
 from __future__ import annotations
@@ -79,9 +84,12 @@ def _message_mapping(message: Message) -> dict[str, Any]:
     return mapping
 
 
-def dump_header(user_id: str, session_id: str, started_at: datetime) -> str:
+def dump_header(
+    user_id: str, session_id: str, started_at: datetime, epoch: int | None = None
+) -> str:
     header = {"user_id": user_id, "session_id": session_id, "started_at": started_at.isoformat()}
-    return _dump(header) + "messages:\n"
+    owner = "" if epoch is None else f"epoch: {int(epoch)}\n"
+    return _dump(header) + owner + "messages:\n"
 
 
 def dump_message(message: Message) -> str:
@@ -168,7 +176,7 @@ def dump_trailer(ended_at: datetime, reason: EndReason) -> str:
 
 
 def dump_dialog(dialog: Dialog) -> str:
-    parts = [dump_header(dialog.user_id, dialog.session_id, dialog.started_at)]
+    parts = [dump_header(dialog.user_id, dialog.session_id, dialog.started_at, dialog.epoch)]
     parts.extend(dump_message(message) for message in dialog.messages)
     if dialog.ended_at is not None and dialog.end_reason is not None:
         parts.append(dump_trailer(dialog.ended_at, dialog.end_reason))
@@ -181,7 +189,15 @@ def parse_dialog(text: str, path: Path) -> Dialog:
     Raises:
         CorruptDialogError: the file is not a dialog (naming ``path``).
     """
-    text = text.rstrip("\x00")  # a crash may leave a zero-filled tail behind the last write
+    return parse_dialog_checked(text, path)[0]
+
+
+def parse_dialog_checked(text: str, path: Path) -> tuple[Dialog, bool]:
+    """`parse_dialog`, and whether the text is whole: False when a crash left something to
+    cut off (a torn record or trailer, a zero-filled tail) before anything is appended."""
+    stripped = text.rstrip("\x00")  # a crash may leave a zero-filled tail behind the last write
+    whole = len(stripped) == len(text)
+    text = stripped
     try:
         document = yaml.load(text, Loader=_Loader)  # the safe C loader
     except _LOAD_ERRORS:
@@ -191,8 +207,9 @@ def parse_dialog(text: str, path: Path) -> Dialog:
         if isinstance(records, list) and records and not _is_whole(records):
             _warn_torn(path)
             records.pop()
-        return _dialog_from_mapping(document, path)
-    return _parse_record_by_record(text, path)
+            whole = False
+        return _dialog_from_mapping(document, path), whole
+    return _parse_record_by_record(text, path), False
 
 
 def _is_whole(records: list[Any]) -> bool:
@@ -287,6 +304,7 @@ def _dialog_from_mapping(document: dict[str, Any], path: Path) -> Dialog:
         raise CorruptDialogError(path, detail) from exc
     if ended_at is not None and reason is None:
         reason = "recovered"
+    epoch = document.get("epoch")
     return Dialog(
         user_id=user_id,
         session_id=session_id,
@@ -294,6 +312,7 @@ def _dialog_from_mapping(document: dict[str, Any], path: Path) -> Dialog:
         messages=messages,
         ended_at=ended_at,
         end_reason=cast(EndReason | None, reason),
+        epoch=epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None,
     )
 
 

@@ -28,6 +28,7 @@ How it keeps its promises:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import errno
 import functools
@@ -43,6 +44,7 @@ from typing import TypeVar
 from chatsession._exceptions import (
     CorruptDialogError,
     DialogNotFound,
+    FencedOff,
     InvalidUserId,
     StorageError,
     StorageFullError,
@@ -56,6 +58,7 @@ from chatsession.storage._open_dialogs import (
     DialogFileGone,
     OpenDialog,
     OpenDialogs,
+    append_record,
     default_limit,
 )
 from chatsession.storage._paths import directory_name, user_id_from_directory
@@ -106,6 +109,15 @@ class YamlDialogStore:
 
     # -- writing ----------------------------------------------------------------------
 
+    async def open_for_writing(self, user_id: str, *, epoch: int) -> Dialog | None:
+        self._open.close(user_id)
+        dialog, opened = await self._take(user_id, epoch)
+        if opened is not None:
+            self._keep(user_id, opened)
+            if self._closed:
+                _close_quietly(opened)
+        return dialog
+
     async def append(
         self,
         user_id: str,
@@ -114,52 +126,148 @@ class YamlDialogStore:
         message: Message,
         *,
         first: bool = False,
+        epoch: int | None = None,
     ) -> None:
         record = fmt.dump_message(message).encode("utf-8")
         if first:
-            await self._start(user_id, session_id, started_at, record)
-            return
-        if self.durability == "always":
-            path = self._current_path(user_id)
-            await self._run(lambda: self._append(path, record))
+            await self._start(user_id, session_id, started_at, record, epoch)
             return
         # The hot path: one write to the open file, no path built, the id checked already.
         dialog = self._open.get(user_id)
-        if dialog is None:
-            path = self._current_path(user_id)
-            if self._closed:  # a closed store keeps nothing open
-                self._append(path, record)
-                return
-            try:
-                dialog = self._open.open(user_id, path)
-            except OSError as exc:
-                raise _storage_error(exc, path) from exc
-        self._append_open(user_id, dialog, record)
+        if dialog is None or dialog.epoch != epoch:
+            dialog = await self._take_current(user_id, epoch)
+        try:
+            await self._append_open(user_id, dialog, record)
+        except DialogFileGone:
+            # Archived, recovered or taken over meanwhile: read it afresh (refused if a
+            # newer owner holds it), then append once more.
+            dialog = await self._take_current(user_id, epoch)
+            await self._append_open(user_id, dialog, record)
+        if self._closed:  # a closed store keeps nothing open
+            self._open.close(user_id)
+            _close_quietly(dialog)
 
     async def _start(
-        self, user_id: str, session_id: str, started_at: datetime, record: bytes
+        self, user_id: str, session_id: str, started_at: datetime, record: bytes, epoch: int | None
     ) -> None:
         self._open.close(user_id)  # a dialog left behind is archived, so it must be closed
         directory = self.dialogs_dir(user_id)
-        content = fmt.dump_header(user_id, session_id, started_at).encode("utf-8") + record
-        if self.durability == "always":
-            await self._run(lambda: self._create(directory, content, keep_open=False))
-            return
-        fd = self._create(directory, content, keep_open=not self._closed)
-        if fd is not None:
-            self._open.keep(user_id, OpenDialog(fd, str(directory / CURRENT), len(content)))
+        header = fmt.dump_header(user_id, session_id, started_at, epoch).encode("utf-8")
+        content = header + record
+        fd = await self._run(lambda: self._create(directory, content, keep_open=True))
+        assert fd is not None
+        self._keep(user_id, OpenDialog(fd, str(directory / CURRENT), len(content), epoch))
+        if self._closed:
+            self._open.close(user_id)
+
+    async def _take(
+        self, user_id: str, epoch: int | None
+    ) -> tuple[Dialog | None, OpenDialog | None]:
+        """The one way into a dialog for writing, for every path (a takeover, a handover,
+        a reopen): fenced at ``epoch``, repaired, and open for appending."""
+        directory = self.dialogs_dir(user_id)
+        return await asyncio.to_thread(self._take_file, directory, epoch)
+
+    async def _take_current(self, user_id: str, epoch: int | None) -> OpenDialog:
+        self._open.close(user_id)
+        _, dialog = await self._take(user_id, epoch)
+        if dialog is None:
+            raise StorageError(
+                f"{self._current_path(user_id)} is no longer current (archived meanwhile); "
+                "the message was not stored"
+            )
+        self._keep(user_id, dialog)
+        return dialog
+
+    def _keep(self, user_id: str, dialog: OpenDialog) -> None:
+        """Keep ``dialog`` open for the user's next append (a closed store closes it once
+        the write at hand is done)."""
+        self._open.keep(user_id, dialog)
+
+    def _take_file(
+        self, directory: Path, epoch: int | None
+    ) -> tuple[Dialog | None, OpenDialog | None]:
+        """`_take` in a thread: refuse a stale ``epoch``, cut what a crash tore, and give
+        a new owner a file of its own, so that a former owner writes to no name."""
+        path = directory / CURRENT
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None, None
+        except OSError as exc:
+            raise _storage_error(exc, path) from exc
+        try:
+            if os.fstat(fd).st_nlink > 1:  # archived by a run that stopped before the unlink
+                os.close(fd)
+                path.unlink(missing_ok=True)
+                return None, None
+            data = _read_all(fd)
+            try:
+                dialog, whole = fmt.parse_dialog_checked(data.decode("utf-8"), path)
+            except UnicodeDecodeError as exc:
+                raise CorruptDialogError(path, "not UTF-8 text") from exc
+            held = dialog.epoch or 0
+            if epoch is not None and held > epoch:
+                raise FencedOff(
+                    f"the dialog of {dialog.user_id!r} is owned at epoch {held} now, not "
+                    f"{epoch}; nothing was stored"
+                )
+            if whole and dialog.ended_at is None and (epoch is None or epoch == held):
+                return dialog, OpenDialog(fd, str(path), len(data), epoch)
+        except BaseException:
+            _close_fd(fd)
+            raise
+        os.close(fd)
+        # Rewritten whole under a new name: what a crash tore is gone before anything is
+        # appended, the new epoch is in the header, and a former owner's descriptor now
+        # points at a file no one reads.
+        if epoch is not None:
+            dialog.epoch = epoch
+        dialog.ended_at, dialog.end_reason = None, None
+        content = fmt.dump_dialog(dialog).encode("utf-8")
+        temporary = directory / (CURRENT + ".tmp")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC
+        try:
+            fd = os.open(temporary, flags, 0o600)
+            try:
+                _write_all(fd, content)
+                os.fsync(fd)
+                os.replace(temporary, path)
+                _fsync_directory(directory)
+            except BaseException:
+                _close_fd(fd)
+                raise
+        except OSError as exc:
+            temporary.unlink(missing_ok=True)
+            raise _storage_error(exc, path) from exc
+        if not whole:
+            logger.warning("%s: repaired before appending to it", path)
+        return dialog, OpenDialog(fd, str(path), len(content), epoch)
 
     def _current_path(self, user_id: str) -> str:
         # A plain string path, cheaper to build than a Path.
         return f"{self._users}/{directory_name(user_id)}/dialogs/{CURRENT}"
 
     async def archive_current(
-        self, user_id: str, *, ended_at: datetime, reason: EndReason
+        self, user_id: str, *, ended_at: datetime, reason: EndReason, epoch: int | None = None
     ) -> str | None:
-        self._open.close(user_id)  # archiving unlinks current.yaml: the next one is new
+        # Archiving unlinks current.yaml: the next one is new, so this one is closed after.
+        dialog = self._open.pop(user_id)
+        if dialog is None or dialog.epoch != epoch:
+            if dialog is not None:
+                _close_quietly(dialog)
+            # Not written here at this epoch: fenced and repaired first, so that the trailer
+            # never lands behind a torn record.
+            _, dialog = await self._take(user_id, epoch)
+            if dialog is None:
+                return None
         directory = self.dialogs_dir(user_id)
         trailer = fmt.dump_trailer(ended_at, reason).encode("utf-8")
-        return await self._run(lambda: self._archive(directory, ended_at, trailer))
+        opened = dialog
+        try:
+            return await self._run(lambda: self._archive(directory, opened, ended_at, trailer))
+        finally:
+            _close_quietly(opened)
 
     async def delete_archive(self, user_id: str, archive_id: str) -> None:
         path = self._archive_path(user_id, archive_id)
@@ -170,7 +278,8 @@ class YamlDialogStore:
         except OSError as exc:
             raise StorageError(f"cannot delete {path}: {exc.strerror}") from exc
 
-    async def purge_user(self, user_id: str) -> int:
+    async def purge_user(self, user_id: str, *, epoch: int | None = None) -> int:
+        # A file system cannot fence a removal: the registry's ownership check does.
         self._open.close(user_id)
         user_directory = self.dialogs_dir(user_id).parent
         return await asyncio.to_thread(_purge, user_directory)
@@ -222,34 +331,28 @@ class YamlDialogStore:
             await asyncio.wait([future])
             raise
 
-    def _append_open(self, user_id: str, dialog: OpenDialog, record: bytes) -> None:
+    async def _append_open(self, user_id: str, dialog: OpenDialog, record: bytes) -> None:
+        if self.durability == "always":
+            # The write and its fsync run in a thread, holding the dialog out of the map so
+            # that nothing closes it meanwhile.
+            self._open.pop(user_id)
+            try:
+                await self._run(lambda: append_record(dialog, record, sync=True))
+            except OSError as exc:
+                _close_quietly(dialog)
+                if isinstance(exc, DialogFileGone):
+                    raise
+                raise _storage_error(exc, dialog.path) from exc
+            self._keep(user_id, dialog)
+            return
         try:
             self._open.append(user_id, dialog, record)
+        except DialogFileGone:
+            raise
         except OSError as exc:
             raise _storage_error(exc, dialog.path) from exc
         if self.durability == "batch":
             self._unsynced.add(dialog.path)
-
-    def _append(self, path: str, record: bytes) -> None:
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-        except OSError as exc:
-            raise _storage_error(exc, path) from exc
-        try:
-            self._append_to(fd, path, record)
-        finally:
-            os.close(fd)
-
-    def _append_to(self, fd: int, path: Path | str, data: bytes) -> int:
-        """Append ``data`` whole or not at all; return the length before it."""
-        length = os.fstat(fd).st_size
-        try:
-            _write_all(fd, data)
-            self._synced(fd, path)
-        except OSError as exc:
-            os.ftruncate(fd, length)  # never leave a partial (or unsynced) record behind
-            raise _storage_error(exc, path) from exc
-        return length
 
     def _create(self, directory: Path, content: bytes, *, keep_open: bool) -> int | None:
         """Start a session's dialog; a dialog left by an earlier session is archived first.
@@ -304,23 +407,22 @@ class YamlDialogStore:
             return
         logger.warning("archived a dialog left by an earlier session as %s", archive_id)
 
-    def _archive(self, directory: Path, ended_at: datetime, trailer: bytes) -> str | None:
-        path = directory / CURRENT
+    def _archive(
+        self, directory: Path, dialog: OpenDialog, ended_at: datetime, trailer: bytes
+    ) -> str | None:
+        length = dialog.size
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return None
+            append_record(dialog, trailer, sync=self.durability == "always")
         except OSError as exc:
-            raise _storage_error(exc, path) from exc
+            raise _storage_error(exc, dialog.path) from exc
+        if self.durability == "batch":
+            self._unsynced.add(dialog.path)
         try:
-            length = self._append_to(fd, path, trailer)
-            try:
-                return self._move_to_archive(directory, ended_at)
-            except StorageError:
-                os.ftruncate(fd, length)  # still current: later messages must follow its list
-                raise
-        finally:
-            os.close(fd)
+            return self._move_to_archive(directory, ended_at)
+        except StorageError:
+            os.ftruncate(dialog.fd, length)  # still current: later messages must follow its list
+            dialog.size = length
+            raise
 
     def _move_to_archive(self, directory: Path, ended_at: datetime) -> str:
         """Link ``current.yaml`` under a fresh archive name, then unlink it."""
@@ -344,12 +446,6 @@ class YamlDialogStore:
         except OSError as exc:  # archived all the same; only its durability is in doubt
             logger.error("fsync of %s failed after archiving: %s", directory, exc.strerror)
         return archive_id
-
-    def _synced(self, fd: int, path: Path | str) -> None:
-        if self.durability == "always":
-            os.fsync(fd)
-        elif self.durability == "batch":
-            self._unsynced.add(str(path))
 
     def _directory_changed(self, directory: Path) -> None:
         if self.durability == "always":
@@ -461,6 +557,22 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _close_fd(fd: int) -> None:
+    with contextlib.suppress(OSError):  # its writes were reported already
+        os.close(fd)
+
+
+def _close_quietly(dialog: OpenDialog) -> None:
+    _close_fd(dialog.fd)
 
 
 def _link_if_absent(source: Path, target: Path) -> bool:

@@ -6,7 +6,7 @@ import copy
 from dataclasses import replace
 from datetime import datetime
 
-from chatsession._exceptions import DialogNotFound
+from chatsession._exceptions import DialogNotFound, FencedOff
 from chatsession._types import EndReason
 from chatsession.domain import ArchiveSummary, Dialog, Message, utc_now
 from chatsession.storage._index import first_words, matches, query_words, searchable_text
@@ -21,6 +21,22 @@ class MemoryDialogStore:
     def __init__(self) -> None:
         self._current: dict[str, Dialog] = {}
         self._archives: dict[str, dict[str, Dialog]] = {}
+        self._epochs: dict[str, int] = {}  # the highest epoch seen for each user
+
+    def _fence(self, user_id: str, epoch: int | None) -> None:
+        if epoch is None:
+            return
+        highest = self._epochs.get(user_id, 0)
+        if epoch < highest:
+            raise FencedOff(
+                f"a write of {user_id!r}'s dialog at epoch {epoch} was refused: it is owned "
+                f"at epoch {highest} now"
+            )
+        self._epochs[user_id] = epoch
+
+    async def open_for_writing(self, user_id: str, *, epoch: int) -> Dialog | None:
+        self._fence(check_user_id(user_id), epoch)
+        return await self.load_current(user_id)
 
     async def append(
         self,
@@ -30,8 +46,10 @@ class MemoryDialogStore:
         message: Message,
         *,
         first: bool = False,
+        epoch: int | None = None,
     ) -> None:
-        dialog = self._current.get(check_user_id(user_id))
+        self._fence(check_user_id(user_id), epoch)
+        dialog = self._current.get(user_id)
         if first and dialog is not None:
             await self.recover_current(user_id, ended_at=utc_now())
             dialog = None
@@ -44,9 +62,10 @@ class MemoryDialogStore:
         return copy.deepcopy(dialog)
 
     async def archive_current(
-        self, user_id: str, *, ended_at: datetime, reason: EndReason
+        self, user_id: str, *, ended_at: datetime, reason: EndReason, epoch: int | None = None
     ) -> str | None:
-        dialog = self._current.pop(check_user_id(user_id), None)
+        self._fence(check_user_id(user_id), epoch)
+        dialog = self._current.pop(user_id, None)
         if dialog is None or not dialog.messages:
             return None
         archives = self._archives.setdefault(user_id, {})
@@ -71,8 +90,9 @@ class MemoryDialogStore:
             if matches(searchable_text(dialog), words)
         ]
 
-    async def purge_user(self, user_id: str) -> int:
-        self._current.pop(check_user_id(user_id), None)
+    async def purge_user(self, user_id: str, *, epoch: int | None = None) -> int:
+        self._fence(check_user_id(user_id), epoch)
+        self._current.pop(user_id, None)
         return len(self._archives.pop(user_id, {}))
 
     async def expire_archives(self, before: datetime) -> list[tuple[str, str]]:

@@ -40,11 +40,3 @@ def identify(connection: HTTPConnection) -> Identity:
     identity = web_state(connection).auth.identify(connection)
     connection.state.user_id = identity.user_id
     return identity
-
-
-def requested_session_id(connection: HTTPConnection) -> str | None:
-    """The session id a client sent back (``x-session-id`` or ``sessionId``), if well formed."""
-    value = connection.headers.get("x-session-id") or connection.query_params.get("sessionId")
-    if value and len(value) <= 64 and value.replace("-", "").replace("_", "").isalnum():
-        return value
-    return None

@@ -208,8 +208,9 @@ def _start_retention(
 class SessionHeaderMiddleware:
     """Puts ``x-session-id`` on every HTTP response.
 
-    The id is the one an endpoint set, else the caller's active session's, else the one
-    the client sent, else a fresh one the client may send back to name its next session.
+    The id is the one an endpoint set, else the caller's active session's, else a fresh
+    one. Session ids are issued by the server: one a client sends names at most its own
+    live session (a user has one), and an unknown one is ignored.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -246,7 +247,5 @@ async def _session_id(scope: Scope) -> str:
                 info = None  # the registry is unreachable; the request itself says so
         if info is not None:
             return info.session_id
-    for name, value in scope.get("headers", []):
-        if name == b"x-session-id" and value:
-            return str(value.decode("latin-1"))
+    # Session ids are issued here: a client's own is never echoed, so it names nothing.
     return uuid.uuid4().hex

@@ -23,7 +23,7 @@ from chatsession._exceptions import (
     UnsupportedMediaType,
 )
 from chatsession.web._race import race
-from chatsession.web._state import WebState, identify, requested_session_id, web_state
+from chatsession.web._state import WebState, identify, web_state
 from chatsession.web.auth import Identity
 from chatsession.web.protocol import ChatRequest, Frame, error_frame, parse_chat_body
 from chatsession.web.replies import reply_frames
@@ -41,7 +41,7 @@ async def chat(request: Request) -> Response:
     _require_json(request)
     body = await _read_body(request, web.settings.max_message_bytes, web.settings.header_timeout)
     chat_request = parse_chat_body(body, web.settings.max_message_bytes)
-    info = await web.chat.start_user_session(identity.user_id, requested_session_id(request))
+    info = await web.chat.start_user_session(identity.user_id)
     request.state.session_id = info.session_id
     if "text/event-stream" in request.headers.get("accept", ""):
         return EventStream(web, _reply_stream(web, identity, chat_request, info.session_id))

@@ -181,15 +181,20 @@ class TimedStore:
         # Every chat turn appends twice: the store's own method, not a wrapper around it.
         self.append = store.append
 
+    async def open_for_writing(self, user_id: str, *, epoch: int) -> Dialog | None:
+        return await self.store.open_for_writing(user_id, epoch=epoch)
+
     async def load_current(self, user_id: str) -> Dialog | None:
         return await self.store.load_current(user_id)
 
     async def archive_current(
-        self, user_id: str, *, ended_at: datetime, reason: EndReason
+        self, user_id: str, *, ended_at: datetime, reason: EndReason, epoch: int | None = None
     ) -> str | None:
         started = time.perf_counter()
         try:
-            return await self.store.archive_current(user_id, ended_at=ended_at, reason=reason)
+            return await self.store.archive_current(
+                user_id, ended_at=ended_at, reason=reason, epoch=epoch
+            )
         finally:
             self._observe(time.perf_counter() - started)
 
@@ -199,8 +204,8 @@ class TimedStore:
     async def search_archives(self, user_id: str, query: str) -> list[ArchiveSummary]:
         return await self.store.search_archives(user_id, query)
 
-    async def purge_user(self, user_id: str) -> int:
-        return await self.store.purge_user(user_id)
+    async def purge_user(self, user_id: str, *, epoch: int | None = None) -> int:
+        return await self.store.purge_user(user_id, epoch=epoch)
 
     async def expire_archives(self, before: datetime) -> list[tuple[str, str]]:
         return await self.store.expire_archives(before)

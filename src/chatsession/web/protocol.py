@@ -23,6 +23,7 @@ from chatsession._exceptions import (
     InvalidSessionId,
     InvalidUserId,
     ModelError,
+    OwnershipLost,
     PayloadTooLarge,
     RegistryUnavailable,
     RequestError,
@@ -50,6 +51,7 @@ __all__ = [
 # The HTTP status of each error of the core, most specific first; anything else is 500.
 _STATUS: tuple[tuple[type[ChatSessionError], int], ...] = (
     (DialogNotFound, 404),
+    (OwnershipLost, 409),
     (InvalidUserId, 400),
     (InvalidSessionId, 400),
     (InvalidMessage, 422),

@@ -23,7 +23,7 @@ from starlette.types import Receive, Scope, Send
 
 from chatsession._exceptions import ChatSessionError, PermissionDenied, RequestError
 from chatsession.web._race import race
-from chatsession.web._state import WebState, identify, requested_session_id, web_state
+from chatsession.web._state import WebState, identify, web_state
 from chatsession.web.auth import Identity
 from chatsession.web.protocol import Frame, client_message
 
@@ -140,14 +140,13 @@ async def chat_stream_of(request: Request, user_id: str) -> Response:
 
 def _channel(request: Request, identity: Identity) -> Response:
     web = web_state(request)
-    session_id = requested_session_id(request)
     if web.drain.closing:
         return JSONResponse({"error": "the server is shutting down"}, 503)
 
     @asynccontextmanager
     async def open_channel() -> AsyncIterator[tuple[str, AsyncIterator[Frame]]]:
         with web.drain.track():
-            async with web.chat.connect(identity.user_id, session_id, channel=True) as connection:
+            async with web.chat.connect(identity.user_id, channel=True) as connection:
                 with web.channels.subscribe(identity.user_id) as queue:
 
                     async def frames() -> AsyncGenerator[Frame, None]:

@@ -25,7 +25,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from chatsession._exceptions import ChatSessionError, RequestError, StorageError
 from chatsession._state import Connection
 from chatsession.web._guards import deny_websocket
-from chatsession.web._state import WebState, identify, requested_session_id, web_state
+from chatsession.web._state import WebState, identify, web_state
 from chatsession.web.auth import Identity
 from chatsession.web.protocol import (
     Frame,
@@ -68,8 +68,7 @@ async def websocket_chat(websocket: WebSocket) -> None:
             await deny_websocket(websocket, 503, "the server is shutting down")
             return
         with web.drain.track():
-            session_id = requested_session_id(websocket)
-            async with web.chat.connect(identity.user_id, session_id) as connection:
+            async with web.chat.connect(identity.user_id) as connection:
                 await websocket.accept(headers=[(b"x-session-id", connection.session_id.encode())])
                 await websocket.send_text(
                     encode_frame({"type": "session", "sessionId": connection.session_id})
