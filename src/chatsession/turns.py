@@ -156,9 +156,17 @@ class Turns:
         # more as the dialog grows. Nothing changes it until the reply is stored.
         history = session.messages or []
         stream = manager.model.stream(history, json_output=json_output, reasoning_enabled=reasoning)
+        check_writable, user_id, epoch = (
+            manager.registry.check_writable,
+            session.user_id,
+            session.epoch,
+        )
         try:
             try:
                 async for chunk in stream:
+                    # A reply this instance could no longer store is not sent on either (it
+                    # was paused past its lease, or the session was taken over meanwhile).
+                    check_writable(user_id, epoch)
                     if isinstance(chunk, Reasoning):
                         thinking.append(chunk.text)
                     else:
