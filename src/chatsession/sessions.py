@@ -293,12 +293,18 @@ class SessionManager:
         removed)."""
         async with self._locked(user_id):
             session = await self._own(user_id, None, create=False)
+            erased: list[int] = []
             archive_id = None
             if session is not None:
-                archive_id = await run_to_completion(self._close(session, "manual", due=False))
-            epoch = None if session is None else session.epoch
-            removed = await run_to_completion(self.store.purge_user(user_id, epoch=epoch))
-        return archive_id, session is not None, removed
+                # Removed while the session is still being ended, so that a chat racing the
+                # erase on another instance waits, and then starts a new dialog that
+                # nothing removes: its message is stored whole, after the erase.
+                archive_id = await run_to_completion(
+                    self._close(session, "manual", due=False, erase=erased)
+                )
+            if not erased:
+                erased.append(await run_to_completion(self.store.purge_user(user_id)))
+        return archive_id, session is not None, erased[0]
 
     async def sweep(self) -> int:
         """End every owned, unconnected session idle past the timeout; return how many."""
@@ -417,8 +423,12 @@ class SessionManager:
                 return None  # that session ended; this is a later one
             return await run_to_completion(self._close(session, reason, due=due))
 
-    async def _close(self, session: Session, reason: EndReason, *, due: bool) -> str | None:
-        """Archive the dialog and forget the session, as one step."""
+    async def _close(
+        self, session: Session, reason: EndReason, *, due: bool, erase: list[int] | None = None
+    ) -> str | None:
+        """Archive the dialog and forget the session, as one step; with ``erase``, remove
+        every dialog of the user too, before the session is forgotten (the count of
+        archives removed is appended to ``erase``)."""
         user_id = session.user_id
         unconnected = reason == "shutdown" or (due and reason in ("disconnect", "error", "timeout"))
         idle_for = self.settings.session_timeout if due and reason == "timeout" else None
@@ -444,6 +454,8 @@ class SessionManager:
                 archive_id = await self.store.archive_current(
                     user_id, ended_at=_now(), reason=reason, epoch=session.epoch
                 )
+            if erase is not None:
+                erase.append(await self.store.purge_user(user_id, epoch=session.epoch))
         except BaseException:
             await self.registry.abort_end(user_id)
             raise

@@ -142,3 +142,48 @@ async def test_a_session_id_the_client_names_is_ignored(
     await _end_session(a.url, "bob")
     archives = await instances.archives("bob")
     assert archives[0].session_id == reply.headers["x-session-id"]
+
+
+async def test_an_erase_racing_a_chat_on_another_instance_leaves_the_chat_whole(
+    instances: Instances, redis_server: RedisServer
+) -> None:
+    """DELETE /users/{id} on B while the user chats on A, 20 times: no chat is a 500;
+    each message is erased with the dialog or stored whole in the next session."""
+    a, b = instances(2, shared(redis_server, CHAT_MODEL="echo?delay=0.02"))
+    for index in range(USERS):
+        user_id = f"erased{index}"
+        async with websocket(a.ws_url, user_id) as (ws, _):
+            await ws.send(json.dumps({"text": "first"}))
+            while json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] != "done":
+                pass
+
+            async def erase(user_id: str = user_id, pause: float = 0.01 * (index % 5)) -> Any:
+                await asyncio.sleep(pause)  # lands at a different point of the chats
+                async with httpx.AsyncClient(timeout=10) as http:
+                    return await http.delete(f"{b.url}/users/{user_id}", headers=user(user_id))
+
+            async def chats(ws: Any = ws) -> list[dict[str, Any]]:
+                ends = []
+                for turn in range(4):
+                    await ws.send(json.dumps({"text": f"m{turn}"}))
+                    while True:
+                        frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                        if frame["type"] in ("done", "error"):
+                            ends.append(frame)
+                            break
+                return ends
+
+            erased, ends = await asyncio.gather(erase(), chats())
+            assert erased.status_code == 200, erased.text
+            assert [frame["type"] for frame in ends] == ["done"] * 4, ends
+        store = instances.store()
+        kept = [
+            m.content
+            for x in await store.list_archives(user_id)
+            for m in (await store.load_archive(user_id, x.archive_id)).messages
+        ]
+        current = await store.load_current(user_id)
+        kept += [m.content for m in current.messages] if current is not None else []
+        whole = [part for turn in range(4) for part in (f"m{turn}", f"echo: m{turn}")]
+        assert "first" not in kept
+        assert kept == whole[len(whole) - len(kept) :], kept  # what came after the erase

@@ -364,9 +364,7 @@ class YamlDialogStore:
         temporary = directory / (CURRENT + ".new")
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC
         try:
-            if not directory.exists():
-                self._make_directories(directory)
-            fd = os.open(temporary, flags, 0o600)
+            fd = self._open_new(directory, temporary, flags)
             try:
                 _write_all(fd, content)
                 if self.durability == "always":
@@ -387,6 +385,19 @@ class YamlDialogStore:
             self._unsynced.add(str(path))
         self._directory_changed(directory)  # can fail only under "always", never kept open
         return fd if keep_open else None
+
+    def _open_new(self, directory: Path, temporary: Path, flags: int) -> int:
+        """Open a new file in a user's directory, making the directories if need be (again,
+        if an erase of the user removed them meanwhile)."""
+        for attempt in range(3):
+            if not directory.exists():
+                self._make_directories(directory)
+            try:
+                return os.open(temporary, flags, 0o600)
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def _make_directories(self, directory: Path) -> None:
         """Create a user's directories; their new names are made durable like files."""
