@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from chatsession import ChatServer, DataDirLocked, Settings, StorageError
+from chatsession._exceptions import FencedOff
 from chatsession.models import EchoModel
 from chatsession.storage import MemoryDialogStore, YamlDialogStore
 from chatsession.storage._lock import DataDirLock
@@ -99,15 +101,20 @@ async def test_a_dialog_unlinked_under_the_store_refuses_the_message(tmp_path: P
             await collect(chat, "alice", "two")
 
 
-async def test_a_dialog_replaced_under_the_store_refuses_the_message(tmp_path: Path) -> None:
-    """A current.yaml renamed over by someone else: the store does not write to the old one."""
+async def test_a_dialog_replaced_by_a_newer_owner_refuses_the_message(tmp_path: Path) -> None:
+    """A current.yaml renamed over by a newer owner (a higher epoch in its header): the
+    store writes neither to the old file nor to the new one, and says so."""
     async with ChatServer(Settings(chat_model="echo", data_dir=tmp_path)) as chat:
         await collect(chat, "alice", "one")
         path = _current(tmp_path, "alice")
+        text = path.read_text()
+        found = re.search(r"^epoch: (\d+)$", text, re.MULTILINE)
+        assert found is not None  # the server always writes its epoch
+        epoch = int(found.group(1))
         replacement = path.with_name("other.yaml")
-        replacement.write_bytes(path.read_bytes())
+        replacement.write_text(text.replace(f"epoch: {epoch}", f"epoch: {epoch + 1}"))
         os.replace(replacement, path)
-        with pytest.raises(StorageError, match="unlinked, replaced or written by another"):
+        with pytest.raises(FencedOff, match="reconnect"):
             await collect(chat, "alice", "two")
         assert "two" not in path.read_text()
 

@@ -130,6 +130,8 @@ def append_record(dialog: OpenDialog, data: bytes, *, sync: bool) -> None:
         OSError: the write failed; the file is cut back to its length before.
     """
     opened = os.fstat(dialog.fd)
+    if opened.st_size > dialog.size and not _still_at(dialog.path, opened):
+        raise DialogFileGone(dialog.path)  # archived under another name, then written to
     if opened.st_nlink == 0 or opened.st_size < dialog.size:
         logger.warning(
             "%s was archived, recovered or taken over while open here; reading it afresh",
@@ -154,6 +156,15 @@ def append_record(dialog: OpenDialog, data: bytes, *, sync: bool) -> None:
         os.ftruncate(dialog.fd, dialog.size)  # never leave a partial record behind
         raise
     dialog.size += len(data)
+
+
+def _still_at(path: str, opened: os.stat_result) -> bool:
+    """Whether ``path`` still names the open file (checked only when it grew)."""
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
 
 
 class DialogFileGone(OSError):

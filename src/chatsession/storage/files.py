@@ -172,9 +172,15 @@ class YamlDialogStore:
         self._open.close(user_id)
         _, dialog = await self._take(user_id, epoch)
         if dialog is None:
+            path = self._current_path(user_id)
+            logger.error(
+                "%s was unlinked, replaced or written by another process while open: the "
+                "message is refused, not stored (is a second server using this data dir?)",
+                path,
+            )
             raise StorageError(
-                f"{self._current_path(user_id)} is no longer current (archived meanwhile); "
-                "the message was not stored"
+                f"{path} was unlinked, replaced or written by another process; the message "
+                "was not stored"
             )
         self._keep(user_id, dialog)
         return dialog
@@ -210,7 +216,7 @@ class YamlDialogStore:
             if epoch is not None and held > epoch:
                 raise FencedOff(
                     f"the dialog of {dialog.user_id!r} is owned at epoch {held} now, not "
-                    f"{epoch}; nothing was stored"
+                    f"{epoch}; nothing was stored: send it again, or reconnect"
                 )
             if whole and dialog.ended_at is None and (epoch is None or epoch == held):
                 return dialog, OpenDialog(fd, str(path), len(data), epoch)
