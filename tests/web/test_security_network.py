@@ -152,3 +152,65 @@ def test_header_timeout_must_be_positive(value: str) -> None:
 
     with pytest.raises(ConfigError, match="HEADER_TIMEOUT"):
         Settings.from_env({"HEADER_TIMEOUT": value})
+
+
+async def test_an_over_long_request_line_gets_431_with_the_json_error(live: LiveFactory) -> None:
+    """A 100 KB request line is answered 431 with the API's JSON error body, not the
+    parser's plain 400; a request after it on a new connection is served."""
+    async with live() as server:
+        line = b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        reader, writer = await open_raw(server.port, line)
+        assert await status_or_eof(reader, 5) == 431
+        head_and_body = (await asyncio.wait_for(reader.read(), 5)).decode()
+        head, _, body = head_and_body.partition("\r\n\r\n")
+        assert "content-type: application/json" in head.lower()
+        assert "over" in json.loads(body)["error"]
+        writer.close()
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            assert (await http.get("/health")).status_code == 200
+
+
+async def test_a_keep_alive_connection_bounds_every_request_head(live: LiveFactory) -> None:
+    """After a first request is served, the next one on the same connection is bounded too."""
+    async with live(max_header_bytes=8192) as server:
+        first = b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        reader, writer = await open_raw(server.port, first)
+        assert await status_or_eof(reader, 5) == 200
+        while (await asyncio.wait_for(reader.readline(), 5)) != b"\r\n":
+            pass
+        writer.write(b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        await writer.drain()
+        await asyncio.wait_for(reader.readuntil(b"}"), 5)  # the first response's body
+        assert await status_or_eof(reader, 5) == 431
+        writer.close()
+
+
+async def test_chatsession_serve_closes_100_slowloris_connections(tmp_path: Path) -> None:
+    """Under `chatsession serve`, 100 connections that trickle a valid head one byte at a
+    time, or send nothing, are all answered 408 or closed within HEADER_TIMEOUT plus slack,
+    while /health is answered meanwhile."""
+    with serve_process(tmp_path / "data", HEADER_TIMEOUT="1") as process:
+        trickling = [await open_raw(process.port, b"GET / HTTP/1.1\r\n") for _ in range(50)]
+        silent = [await open_raw(process.port) for _ in range(50)]
+        header = b"Host: 127.0.0.1\r\nX-Slow: abcdefghijklmnopqrstuvwxyz\r\n"
+
+        async def trickle() -> None:
+            for byte in range(len(header)):
+                for _, writer in trickling:
+                    if not writer.is_closing():
+                        writer.write(header[byte : byte + 1])
+                await asyncio.sleep(0.25)
+
+        feeding = asyncio.create_task(trickle())
+        try:
+            async with httpx.AsyncClient(base_url=process.url) as http:
+                assert (await http.get("/health")).status_code == 200
+            answers = [await status_or_eof(reader, 10) for reader, _ in trickling + silent]
+            assert set(answers) <= {408, None}, answers
+            for reader, _ in trickling + silent:
+                assert await asyncio.wait_for(reader.read(), 10) is not None  # closed: EOF
+        finally:
+            feeding.cancel()
+            await asyncio.gather(feeding, return_exceptions=True)
+            for _, writer in trickling + silent:
+                writer.close()

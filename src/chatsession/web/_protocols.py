@@ -16,6 +16,7 @@ uvicorn logging "ASGI callable returned without completing handshake" as an ERRO
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -57,6 +58,7 @@ class _BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         self._head_bytes = 0
         self._reading_head = False
+        self._awaiting_head = True  # no request head complete yet on this connection
         self._refused = False
         # A connection that sends nothing at all is timed out like one that stops halfway.
         self._head_timer: asyncio.TimerHandle | None = self.loop.call_later(
@@ -75,23 +77,34 @@ class _BoundedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return  # read and dropped until the connection closes
-        super().data_received(data)
-        if self._reading_head and not self.transport.is_closing():
-            # Counted only while the head is still unfinished after this chunk, so a body
-            # arriving with the end of the head is not mistaken for header bytes.
-            self._head_bytes += len(data)
-            if self._head_bytes > self.max_header_bytes:
+        if self._awaiting_head:
+            # Counted before the parser sees it: httptools rejects an over-long request
+            # line with its own plain 400, and would keep an unfinished one in memory.
+            end = data.find(b"\r\n\r\n")
+            head = len(data) if end < 0 else end + 4
+            if self._head_bytes + head > self.max_header_bytes:
                 self._refuse(431, f"request line and headers over {self.max_header_bytes} bytes")
+                return
+            if end >= 0:
+                self._awaiting_head = False
+            else:
+                self._head_bytes += len(data)
+        super().data_received(data)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._awaiting_head = True  # a kept-alive connection's next request head
+        self._head_bytes = 0
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._head_bytes = 0
         self._reading_head = True
         if self._head_timer is None:
             self._head_timer = self.loop.call_later(self.header_timeout, self._head_too_slow)
 
     def on_headers_complete(self) -> None:
         self._reading_head = False
+        self._awaiting_head = False
         self._stop_head_timer()
         super().on_headers_complete()
 
@@ -115,9 +128,9 @@ class _BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.connections.discard(self)
         self._reading_head = False
         self._stop_head_timer()
-        body = message.encode()
+        body = json.dumps({"error": message}).encode()  # the API's error shape
         self.transport.write(
-            b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
             b"content-length: %d\r\nconnection: close\r\n\r\n%s"
             % (status, _REASONS[status], len(body), body)
         )
